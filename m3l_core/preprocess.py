@@ -1,0 +1,118 @@
+"""Input conventions shared by training, evaluation, inference and the ROS node.
+
+Raw data enters the system in one of two forms:
+
+* RGB: ``HxWx3 uint8`` in RGB channel order.
+* Depth: ``HxW`` either ``uint16`` millimetres or ``float32`` metres (REP 118).
+  0, NaN and +/-Inf are invalid.
+
+:func:`depth_to_metres` turns any depth into ``float32`` metres with NaN for
+invalid pixels; :func:`normalize_rgb` and :func:`normalize_depth` turn raw
+arrays into the float tensors the model expects. The settings travel inside
+every checkpoint as a :class:`Preprocessing` record, so a checkpoint always
+knows how its inputs must be prepared.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEPTH_NORMS = ("minmax", "metric")
+
+
+@dataclass
+class Preprocessing:
+    """How raw RGB-D frames become model inputs."""
+
+    input_size: tuple[int, int] = (480, 640)  # (H, W) the model sees at test time
+    rgb_mean: tuple[float, float, float] = IMAGENET_MEAN
+    rgb_std: tuple[float, float, float] = IMAGENET_STD
+    # "minmax": per-image min-max of valid depth to [0, 1] (the paper).
+    # "metric": clip to depth_range metres, then scale to [0, 1]; stable across frames.
+    depth_norm: str = "minmax"
+    depth_range: tuple[float, float] = (0.0, 10.0)  # metres, used by "metric"
+    ignore_index: int = 255
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.input_size = tuple(int(v) for v in self.input_size)
+        self.rgb_mean = tuple(float(v) for v in self.rgb_mean)
+        self.rgb_std = tuple(float(v) for v in self.rgb_std)
+        self.depth_range = tuple(float(v) for v in self.depth_range)
+        if self.depth_norm not in DEPTH_NORMS:
+            raise ValueError(f"preprocessing.depth_norm must be one of {DEPTH_NORMS}, got {self.depth_norm!r}")
+        if len(self.input_size) != 2 or min(self.input_size) <= 0:
+            raise ValueError(f"preprocessing.input_size must be (H, W) > 0, got {self.input_size}")
+        if not self.depth_range[1] > self.depth_range[0]:
+            raise ValueError(f"preprocessing.depth_range must be (min, max) with max > min, got {self.depth_range}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def depth_to_metres(depth: np.ndarray) -> np.ndarray:
+    """Any supported depth array -> float32 metres, NaN where invalid.
+
+    ``uint16`` is millimetres and ``float32``/``float64`` is metres (REP 118);
+    0, NaN and +/-Inf are invalid.
+    """
+    depth = np.asarray(depth)
+    if depth.ndim == 3 and depth.shape[2] == 1:
+        depth = depth[..., 0]
+    if depth.ndim != 2:
+        raise ValueError(f"depth must be HxW, got shape {depth.shape}")
+    if depth.dtype == np.uint16:
+        out = depth.astype(np.float32) * np.float32(1e-3)
+        out[depth == 0] = np.nan
+        return out
+    if depth.dtype in (np.float32, np.float64):
+        out = depth.astype(np.float32, copy=True)
+        out[~np.isfinite(out) | (out <= 0)] = np.nan
+        return out
+    raise ValueError(f"depth must be uint16 millimetres or float32 metres, got dtype {depth.dtype}")
+
+
+def valid_depth_fraction(depth: np.ndarray) -> float:
+    """Fraction of pixels that carry a valid depth reading."""
+    metres = depth_to_metres(depth)
+    return float(np.isfinite(metres).mean()) if metres.size else 0.0
+
+
+def normalize_rgb(rgb: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """HxWx3 uint8 -> 3xHxW float32, ImageNet-normalised."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"rgb must be HxWx3 uint8, got shape {rgb.shape} dtype {rgb.dtype}")
+    x = rgb.astype(np.float32) * np.float32(1.0 / 255.0)
+    x = (x - np.asarray(pre.rgb_mean, np.float32)) / np.asarray(pre.rgb_std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def normalize_depth(depth: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """Depth (uint16 mm or float metres) -> 1xHxW float32 in [0, 1].
+
+    Invalid pixels take the minimum (0). A constant or all-invalid image maps
+    to all zeros and never to NaN.
+    """
+    metres = depth_to_metres(depth)
+    valid = np.isfinite(metres)
+    out = np.zeros(metres.shape, np.float32)
+    if valid.any():
+        if pre.depth_norm == "minmax":
+            lo = float(metres[valid].min())
+            hi = float(metres[valid].max())
+        else:
+            lo, hi = pre.depth_range
+        span = hi - lo
+        if span > 1e-9:
+            out[valid] = np.clip((metres[valid] - lo) / span, 0.0, 1.0)
+    return out[None]
