@@ -1,0 +1,213 @@
+"""The shared evaluation loop: confusion matrices under three input conditions.
+
+Protocol (paper Sec. 4.1): inputs are resized to the model's input size
+(``EvalTransform`` does that), single scale, no flip, no sliding window; the
+ensemble logits are upsampled bilinearly to the label size and argmax-ed.
+
+Each condition only sets the ``present`` mask; the model itself replaces a
+missing modality (learned token, or zeros for the baselines). One pass over
+the data runs every condition per batch. Confusion matrices are summed over
+this rank's shard and then all-reduced over DDP ranks; scores are computed
+from the reduced matrix only (never averaged per rank).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from m3l_core import distributed as dist_utils
+from m3l_core.metrics import confusion_matrix, summarize
+
+CONDITIONS = ("rgbd", "rgb", "depth")
+_PRESENT = {"rgbd": (True, True), "rgb": (True, False), "depth": (False, True)}  # columns [rgb, depth]
+_NEEDS = {"rgbd": ("rgb", "depth"), "rgb": ("rgb",), "depth": ("depth",)}
+
+OnBatch = Callable[[Mapping[str, Any], Mapping[str, Any]], None]
+
+
+def present_mask(condition: str, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(B, 2)`` bool mask, columns [rgb, depth], for one evaluation condition."""
+    if condition not in _PRESENT:
+        raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+    row = torch.tensor(_PRESENT[condition], dtype=torch.bool, device=device)
+    return row.expand(batch_size, 2).clone()
+
+
+def conditions_for(model_config: Any) -> tuple[str, ...]:
+    """Conditions a model can be evaluated on: all three for RGB-D, its own for uni-modal."""
+    mods = set(getattr(model_config, "modalities", ("rgb", "depth")))
+    if mods == {"rgb", "depth"}:
+        return CONDITIONS
+    return tuple(c for c in CONDITIONS if set(_NEEDS[c]) == mods)
+
+
+def collate_eval(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Collate ``EvalTransform`` outputs.
+
+    Tensors of equal shape are stacked. Labels of different sizes (images of
+    different resolutions) stay a list of ``(H, W)`` tensors; :func:`evaluate`
+    handles both. Non-tensor values (``name``) become lists.
+    """
+    if not batch:
+        raise ValueError("empty batch")
+    out: dict[str, Any] = {}
+    for key in batch[0]:
+        vals = [b[key] for b in batch]
+        if key == "label" and any(v is None for v in vals):
+            names = [b.get("name", "?") for b in batch]
+            raise ValueError(f"evaluation needs labels, but sample(s) {names} have none")
+        if all(isinstance(v, torch.Tensor) for v in vals):
+            if all(v.shape == vals[0].shape for v in vals):
+                out[key] = torch.stack(vals)
+            elif key == "label":
+                out[key] = vals
+            else:
+                shapes = sorted({tuple(v.shape) for v in vals})
+                raise ValueError(f"cannot batch '{key}' tensors of shapes {shapes}; inputs must be resized "
+                                 f"to the model input size (EvalTransform)")
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            out[key] = torch.tensor(vals)
+        else:
+            out[key] = vals
+    return out
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    # Evaluate the bare module: DDP's forward would try to sync buffers across
+    # ranks that may run a different number of batches.
+    return getattr(model, "module", model) if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader: Iterable[Mapping[str, Any]],
+    *,
+    num_classes: int,
+    conditions: Sequence[str] | None = None,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    ignore_index: int = 255,
+    progress: bool = False,
+    on_batch: OnBatch | None = None,
+) -> dict[str, torch.Tensor]:
+    """Confusion matrix (``(C, C)`` int64, CPU) per condition, summed over all DDP ranks.
+
+    Args:
+        model: a ``LinearFusionSegFormer`` (or DDP-wrapped); evaluated in eval
+            mode, its previous train/eval mode is restored afterwards.
+        loader: yields dicts with ``rgb`` (B,3,h,w), ``depth`` (B,1,h,w) at the
+            model input size and ``label`` (B,H,W) int64 at label size (or a
+            list of (H,W) tensors), e.g. ``DataLoader(..., collate_fn=collate_eval)``.
+        conditions: subset of :data:`CONDITIONS`; default from the model config.
+        amp_dtype: e.g. ``torch.bfloat16`` to run the forward under autocast.
+        progress: show a tqdm bar (main rank only).
+        on_batch: ``on_batch(batch, preds)`` after each batch, where
+            ``preds[condition]`` is indexable per sample and gives an (H, W)
+            int64 prediction at label size, on ``device``.
+
+    Under DDP every rank must call this (the reduction is collective), each
+    with its own shard of the data (see ``distributed.ShardSampler``).
+    """
+    net = _unwrap(model)
+    device = torch.device(device)
+    if conditions is None:
+        cfg = getattr(net, "config", None)
+        conditions = conditions_for(cfg) if cfg is not None else CONDITIONS
+    conditions = tuple(conditions)
+    for c in conditions:
+        if c not in _PRESENT:
+            raise ValueError(f"condition must be one of {CONDITIONS}, got {c!r}")
+    cms = {c: torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device) for c in conditions}
+
+    it = loader
+    if progress and dist_utils.is_main():
+        from tqdm.auto import tqdm
+
+        it = tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True)
+
+    was_training = net.training
+    net.eval()
+    try:
+        for batch in it:
+            rgb = batch["rgb"].to(device, non_blocking=True)
+            depth = batch["depth"].to(device, non_blocking=True)
+            labels = batch["label"]
+            b = rgb.shape[0]
+            preds: dict[str, Any] = {}
+            for cond in conditions:
+                present = present_mask(cond, b, device)
+                with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
+                                    enabled=amp_dtype is not None):
+                    out = net(rgb, depth, present=present)
+                if "ensemble" not in out:
+                    raise KeyError(f"model output has no 'ensemble' logits (keys {sorted(out)})")
+                logits = out["ensemble"].float()
+                if isinstance(labels, torch.Tensor):
+                    lab = labels.to(device, non_blocking=True)
+                    pred = _predict(logits, lab.shape[-2:])
+                    cms[cond] += confusion_matrix(pred, lab, num_classes, ignore_index)
+                else:
+                    pred = []
+                    for i, lab in enumerate(labels):
+                        lab = lab.to(device, non_blocking=True)
+                        p = _predict(logits[i:i + 1], lab.shape[-2:])[0]
+                        cms[cond] += confusion_matrix(p, lab, num_classes, ignore_index)
+                        pred.append(p)
+                preds[cond] = pred
+            if on_batch is not None:
+                on_batch(batch, preds)
+    finally:
+        net.train(was_training)
+
+    for cond in conditions:
+        dist_utils.all_reduce_sum(cms[cond])
+    return {c: cm.cpu() for c, cm in cms.items()}
+
+
+def _predict(logits: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    """(B, C, h, w) logits -> (B, H, W) int64 argmax after bilinear upsampling to ``size``."""
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    return logits.argmax(1)
+
+
+def mm_robust(results: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    """MM-Robust: the mean of the RGB-D, RGB-only and depth-only scores.
+
+    ``results`` maps condition -> :func:`metrics.summarize` dict (percent).
+    Returns the same keys (``miou``, ``macc``, ``pixel_acc`` and a per-class
+    mean of IoUs), or None when a condition is missing (uni-modal models,
+    the paper's "-").
+    """
+    if any(results.get(c) is None for c in CONDITIONS):
+        return None
+    rs = [results[c] for c in CONDITIONS]
+
+    def mean(vals: list[float | None]) -> float | None:
+        vals = [v for v in vals if v is not None and not math.isnan(v)]
+        return sum(vals) / len(vals) if len(vals) == len(CONDITIONS) else None
+
+    names = list(rs[0]["per_class_iou"])
+    return {
+        "miou": mean([r["miou"] for r in rs]),
+        "macc": mean([r["macc"] for r in rs]),
+        "pixel_acc": mean([r["pixel_acc"] for r in rs]),
+        # Mean over the conditions in which the class occurs.
+        "per_class_iou": {n: _mean_present([r["per_class_iou"].get(n) for r in rs]) for n in names},
+    }
+
+
+def _mean_present(vals: list[float | None]) -> float | None:
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarize_results(cms: Mapping[str, torch.Tensor], class_names: Sequence[str]) -> dict[str, Any]:
+    """Confusion matrices per condition -> ``{rgbd, rgb, depth, mm_robust}`` (percent; None if not evaluated)."""
+    results: dict[str, Any] = {c: (summarize(cms[c], class_names) if c in cms else None) for c in CONDITIONS}
+    results["mm_robust"] = mm_robust(results)
+    return results
