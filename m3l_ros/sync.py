@@ -1,0 +1,197 @@
+"""Approximate-time RGB-D pairing that keeps only the newest frames (ROS-free).
+
+message_filters is not used: it is not installable from PyPI, it has no drop
+callback, and its Python synchronizer runs the user callback under its lock.
+:class:`ApproxTimePairer` holds at most one pending frame per modality and one
+ready :class:`Job`; anything older is dropped and counted, so inference never
+falls behind the cameras.
+
+Times are float seconds. ``stamp`` is the header stamp (pairing), ``received``
+is the node-clock arrival time (staleness). The current mode comes from
+:class:`m3l_ros.watchdog.ModeWatchdog`:
+
+* ``rgbd``: a frame pairs with the other modality's pending frame when their
+  stamps differ by at most ``slop``; otherwise the older one can never pair
+  (stamps only grow) and is dropped.
+* ``rgb_only`` / ``depth_only``: a frame of the live modality becomes a job
+  by itself (the missing one takes the learned-token path).
+* ``no_input``: nothing is produced.
+
+A frame whose arrival is older than its modality's timeout is never paired.
+A stamp that goes backwards (a bag loop) resets the pairing state: held
+frames from the old timeline are dropped.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+MODALITIES = ("rgb", "depth")
+EPS = 1e-9  # ROS stamps have nanosecond resolution; absorbs float rounding at the boundaries
+
+
+@dataclass(frozen=True)
+class Frame:
+    stamp: float  # header stamp, seconds; only used to pair
+    received: float  # node-clock arrival time, seconds; only used for staleness
+    data: Any = None  # whatever the caller needs later (decoded image, header, ...)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of inference work."""
+
+    mode: str
+    rgb: Frame | None
+    depth: Frame | None
+
+    @property
+    def primary(self) -> Frame:
+        """The frame whose header and size the output takes: RGB if present, else depth."""
+        frame = self.rgb if self.rgb is not None else self.depth
+        assert frame is not None
+        return frame
+
+    @property
+    def frames(self) -> tuple[Frame, ...]:
+        return tuple(f for f in (self.rgb, self.depth) if f is not None)
+
+
+def _other(modality: str) -> str:
+    return "depth" if modality == "rgb" else "rgb"
+
+
+class ApproxTimePairer:
+    """Pairs the newest RGB and depth frames; counts every frame it drops by reason.
+
+    Drop reasons: ``superseded`` (a newer frame replaced it before inference
+    took it), ``unpaired`` (no partner within ``slop``), ``expired`` (older than
+    the timeout), ``reset`` (discarded by a backwards stamp jump).
+    """
+
+    def __init__(self, *, slop: float, rgb_timeout: float, depth_timeout: float) -> None:
+        self.slop = float(slop)
+        self.timeouts = {"rgb": float(rgb_timeout), "depth": float(depth_timeout)}
+        self.pending: dict[str, Frame | None] = {m: None for m in MODALITIES}
+        self.ready: Job | None = None
+        self.last_stamp: dict[str, float | None] = {m: None for m in MODALITIES}
+        self.drops: Counter[str] = Counter()
+        self.resets = 0
+        self.last_unpaired_offset: float | None = None  # rgb.stamp - depth.stamp of the last miss
+
+    # -- public API -------------------------------------------------------
+    def add(self, modality: str, frame: Frame, *, mode: str) -> bool:
+        """Offer a new frame. Returns True when its stamp went backwards and the state was reset."""
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        reset = False
+        last = self.last_stamp[modality]
+        if last is not None and frame.stamp < last:
+            self._reset_after(frame.stamp)
+            reset = True
+        self.last_stamp[modality] = frame.stamp
+        if mode == "rgbd" and self._upgrade_ready(modality, frame):
+            return reset
+        if self.pending[modality] is not None:
+            self.drops["superseded"] += 1
+        self.pending[modality] = frame
+        self._match(mode)
+        return reset
+
+    def take(self, *, now: float, mode: str) -> Job | None:
+        """The newest ready job, or None. Expires stale frames first."""
+        for m in MODALITIES:
+            f = self.pending[m]
+            if f is not None and self._stale(m, f, now):
+                self.pending[m] = None
+                self.drops["expired"] += 1
+        self._match(mode)
+        job, self.ready = self.ready, None
+        if job is not None and any(self._stale(m, f, now) for m, f in (("rgb", job.rgb), ("depth", job.depth)) if f):
+            self.drops["expired"] += len(job.frames)
+            return None
+        return job
+
+    def reset(self) -> None:
+        """Forget everything held (counted as ``reset`` drops)."""
+        held = sum(f is not None for f in self.pending.values()) + (len(self.ready.frames) if self.ready else 0)
+        self.drops["reset"] += held
+        self.pending = {m: None for m in MODALITIES}
+        self.ready = None
+        self.last_stamp = {m: None for m in MODALITIES}
+
+    def set_params(self, *, slop: float | None = None, rgb_timeout: float | None = None,
+                   depth_timeout: float | None = None) -> None:
+        if slop is not None:
+            self.slop = float(slop)
+        if rgb_timeout is not None:
+            self.timeouts["rgb"] = float(rgb_timeout)
+        if depth_timeout is not None:
+            self.timeouts["depth"] = float(depth_timeout)
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.drops.values())
+
+    # -- internals --------------------------------------------------------
+    def _stale(self, modality: str, frame: Frame, now: float) -> bool:
+        return now - frame.received > self.timeouts[modality] + EPS
+
+    def _reset_after(self, stamp: float) -> None:
+        """A stamp went back to ``stamp``: drop held frames from the old (later) timeline."""
+        self.resets += 1
+        for m in MODALITIES:
+            f = self.pending[m]
+            if f is not None and f.stamp > stamp + self.slop:
+                self.pending[m] = None
+                self.drops["reset"] += 1
+            if self.last_stamp[m] is not None and self.last_stamp[m] > stamp + self.slop:
+                # the other stream will jump too; its first new frame must not count as a second reset
+                self.last_stamp[m] = None
+        if self.ready is not None and self.ready.primary.stamp > stamp + self.slop:
+            self.drops["reset"] += len(self.ready.frames)
+            self.ready = None
+
+    def _upgrade_ready(self, modality: str, frame: Frame) -> bool:
+        """A returning stream's first frame joins the single-modality job still waiting for inference."""
+        job = self.ready
+        if job is None or job.mode == "rgbd":
+            return False
+        lone = job.primary
+        lone_modality = "rgb" if job.rgb is not None else "depth"
+        if lone_modality == modality or abs(lone.stamp - frame.stamp) > self.slop + EPS:
+            return False
+        rgb, depth = (lone, frame) if lone_modality == "rgb" else (frame, lone)
+        self.ready = Job("rgbd", rgb, depth)
+        return True
+
+    def _set_ready(self, job: Job) -> None:
+        if self.ready is not None:
+            self.drops["superseded"] += len(self.ready.frames)
+        self.ready = job
+
+    def _match(self, mode: str) -> None:
+        rgb, depth = self.pending["rgb"], self.pending["depth"]
+        if mode == "rgbd":
+            if rgb is None or depth is None:
+                return
+            offset = rgb.stamp - depth.stamp
+            if abs(offset) <= self.slop + EPS:
+                self._set_ready(Job("rgbd", rgb, depth))
+                self.pending = {m: None for m in MODALITIES}
+            else:
+                # Stamps only grow, so the older frame can never find a partner.
+                self.last_unpaired_offset = offset
+                self.pending["depth" if offset > 0 else "rgb"] = None
+                self.drops["unpaired"] += 1
+        elif mode == "rgb_only":
+            if rgb is not None:
+                self._set_ready(Job("rgb_only", rgb, None))
+                self.pending["rgb"] = None
+        elif mode == "depth_only":
+            if depth is not None:
+                self._set_ready(Job("depth_only", None, depth))
+                self.pending["depth"] = None
+        elif mode != "no_input":
+            raise ValueError(f"unknown mode {mode!r}")
