@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 REQS   := requirements/ml.txt requirements/ros.txt requirements/test.txt
 SRC    := $(shell find m3l_core m3l_ros -name '*.py' -o -name '*.safetensors') setup.py setup.cfg package.xml \
-          $(wildcard launch/*.py config/*.yaml config/train/*.yaml)
+          $(wildcard launch/*.py config/*.yaml config/*.xml config/train/*.yaml)
 PYTEST_ARGS ?= -q
 
 .PHONY: all install test demo benchmark clean help

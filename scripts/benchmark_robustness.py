@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""The synthetic robustness benchmark: the shape of the paper's Table 2/5 ablation, rerunnable by anyone.
+
+    python scripts/benchmark_robustness.py                 # ~1 h on a 2-core CPU
+    python scripts/benchmark_robustness.py --iters 100 --variants lf_sup lf_m3l --out /tmp/quick
+
+Every variant trains with the same data, iterations, seed and model size
+(``config/train/synthetic_*.yaml``) through ``training/train_m3l.py``, keeps its
+best checkpoint on the validation split, and is evaluated on the test split by
+``training/evaluate.py`` under RGB-D, RGB only and depth only. The combined
+table (Markdown), chart (PNG) and raw results (JSON) go to ``--out``, together
+with the exact command, the machine and the time each run took.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name -> (label in the table, training config)
+VARIANTS = {
+    "uni_rgb": ("Uni-modal RGB (supervised)", "synthetic_uni_rgb.yaml"),
+    "uni_depth": ("Uni-modal depth (supervised)", "synthetic_uni_depth.yaml"),
+    "lf_sup": ("LF supervised", "synthetic_sup.yaml"),
+    "lf_md": ("LF + modality dropout", "synthetic_md.yaml"),
+    "lf_mt": ("LF + mean teacher", "synthetic_mt.yaml"),
+    "lf_m3l": ("LF + M3L", "synthetic_m3l.yaml"),
+}
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run a command, tee its output to ``log``; return seconds taken; raise on failure."""
+    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    t0 = time.time()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    dt = time.time() - t0
+    if proc.returncode != 0:
+        tail = "".join(open(log).readlines()[-30:])
+        raise SystemExit(f"command failed ({proc.returncode}), see {log}:\n{tail}")
+    return dt
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()}, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark"), help="where the table, chart and JSON go")
+    ap.add_argument("--work", default="/tmp/m3l_robustness", help="data, runs and evaluations")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--iters", type=int, default=600, help="training iterations, the same for every variant")
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--labeled", type=int, default=24, help="labeled training frames (small, as in the paper)")
+    ap.add_argument("--unlabeled", type=int, default=400, help="unlabeled training frames")
+    ap.add_argument("--val", type=int, default=48)
+    ap.add_argument("--test", type=int, default=120)
+    ap.add_argument("--height", type=int, default=240)
+    ap.add_argument("--width", type=int, default=320)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra training override for every variant")
+    args = ap.parse_args(argv)
+
+    py = sys.executable
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    data = work / "data"
+    data_spec = dict(labeled=args.labeled, unlabeled=args.unlabeled, val=args.val, test=args.test,
+                     height=args.height, width=args.width, seed=args.seed)
+    spec_file = data / "benchmark_data.json"
+    t_start = time.time()
+    timings: dict[str, dict[str, float]] = {}
+    if not (spec_file.exists() and json.loads(spec_file.read_text()) == data_spec):
+        dt = run([py, "-m", "m3l_core.data.synthetic", "--out", str(data), "--train-labeled", str(args.labeled),
+                  "--train-unlabeled", str(args.unlabeled), "--val", str(args.val), "--test", str(args.test),
+                  "--height", str(args.height), "--width", str(args.width), "--seed", str(args.seed),
+                  "--no-progress"], work / "data.log")
+        spec_file.write_text(json.dumps(data_spec))
+        timings["data"] = {"seconds": dt}
+
+    results = {}
+    for name in args.variants:
+        label, config = VARIANTS[name]
+        run_dir = work / "runs" / name
+        eval_dir = work / "eval" / name
+        train_cmd = [py, "training/train_m3l.py", "--config", f"config/train/{config}", "--data", str(data),
+                     "--out", str(run_dir), "--set", f"max_iters={args.iters}", "--set", f"eval_every={args.eval_every}",
+                     "--set", f"seed={args.seed}", "--set", "progress=false"]
+        for s in args.set:
+            train_cmd += ["--set", s]
+        if run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)
+        t_train = run(train_cmd, work / f"train_{name}.log")
+        t_eval = run([py, "training/evaluate.py", "--checkpoint", str(run_dir / "model.safetensors"), "--data", str(data),
+                      "--split", "test", "--out", str(eval_dir), "--num-examples", "4"], work / f"eval_{name}.log")
+        timings[name] = {"train_seconds": t_train, "eval_seconds": t_eval}
+        results[label] = json.loads((eval_dir / "metrics.json").read_text())
+        print(f"{label}: trained in {t_train / 60:.1f} min, evaluated in {t_eval:.0f} s", flush=True)
+
+    from m3l_core.report import compare_runs
+
+    table = compare_runs(results, out / "robustness.md", out / "robustness.png")
+    total = time.time() - t_start
+    command = "python scripts/benchmark_robustness.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    summary = dict(command=command.strip(), machine=machine(), data=data_spec, iters=args.iters,
+                   timings=timings, total_seconds=total, results=results)
+    (out / "robustness.json").write_text(json.dumps(summary, indent=2))
+    lines = [table, "", f"Command: `{summary['command']}`", "", f"Machine: {summary['machine']}", "",
+             f"Total time: {total / 60:.1f} min (data, {len(args.variants)} trainings of {args.iters} iterations, "
+             "evaluations).", "", "| run | train min | eval s |", "|---|---|---|"]
+    for name, t in timings.items():
+        if name != "data":
+            lines.append(f"| {VARIANTS[name][0]} | {t['train_seconds'] / 60:.1f} | {t['eval_seconds']:.0f} |")
+    (out / "robustness.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nwrote {out / 'robustness.md'}, {out / 'robustness.png'}, {out / 'robustness.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
