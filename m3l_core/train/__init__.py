@@ -1,0 +1,18 @@
+"""Training: the M3L framework and its baselines as configuration of one loop.
+
+``config`` (TrainConfig from YAML), ``losses`` (OHEM and pseudo-label CE),
+``masking`` (per-sample modality masks, the batch plan of each framework),
+``ema`` (the mean teacher), ``optim`` (AdamW groups, poly lr) and ``trainer``
+(the loop, resumable state, DDP). The command line is ``training/train_m3l.py``.
+"""
+from m3l_core.train.config import FRAMEWORKS, ConfigError, TrainConfig, load_config
+from m3l_core.train.ema import EMATeacher, ema_decay
+from m3l_core.train.losses import compute_losses, ohem_cross_entropy, ohem_keep_mask, pseudo_label_cross_entropy
+from m3l_core.train.masking import BatchPlan, draw_masks, plan_batch
+from m3l_core.train.optim import build_optimizer, get_lr, set_lr
+
+__all__ = [
+    "FRAMEWORKS", "ConfigError", "TrainConfig", "load_config", "EMATeacher", "ema_decay", "compute_losses",
+    "ohem_cross_entropy", "ohem_keep_mask", "pseudo_label_cross_entropy", "BatchPlan", "draw_masks",
+    "plan_batch", "build_optimizer", "get_lr", "set_lr",
+]

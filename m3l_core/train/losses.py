@@ -1,0 +1,135 @@
+"""Losses: OHEM cross-entropy for ground truth, plain cross-entropy for hard pseudo-labels.
+
+:func:`compute_losses` applies them to one student forward pass according to a
+:class:`~m3l_core.train.masking.BatchPlan`, which says which rows get which loss.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from m3l_core.train.masking import BatchPlan
+
+
+def ohem_keep_mask(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    thresh: float = 0.7,
+    min_kept: int = 0,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Which pixels OHEM trains on: ``(B, H, W)`` bool.
+
+    Reference semantics (``OhemCrossEntropy2d`` of the SegFormer/TokenFusion
+    code the paper builds on): among the non-ignored pixels, let ``p`` be the
+    softmax probability of the ground-truth class. The threshold is ``thresh``,
+    raised to the ``min_kept``-th smallest ``p`` when that is larger, and a
+    pixel is kept when ``p <= threshold``. So every pixel the model is unsure
+    about is kept, and at least the ``min_kept`` hardest ones. When
+    ``min_kept`` reaches the number of valid pixels, all of them are kept.
+    """
+    valid = target != ignore_index
+    num_valid = int(valid.sum())
+    if num_valid == 0 or min_kept >= num_valid:
+        return valid
+    with torch.no_grad():
+        prob = logits.detach().float().softmax(1)
+        safe = torch.where(valid, target, torch.zeros_like(target))
+        p = prob.gather(1, safe.unsqueeze(1)).squeeze(1)
+        threshold = torch.tensor(float(thresh), dtype=p.dtype, device=p.device)
+        if min_kept > 0:
+            kth = p[valid].kthvalue(int(min_kept)).values
+            threshold = torch.maximum(threshold, kth)
+        return valid & (p <= threshold)
+
+
+def ohem_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    thresh: float = 0.7,
+    min_kept: int = 0,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Mean cross-entropy over the pixels :func:`ohem_keep_mask` keeps (0 if none is labeled)."""
+    keep = ohem_keep_mask(logits, target, thresh=thresh, min_kept=min_kept, ignore_index=ignore_index)
+    if not bool(keep.any()):
+        return logits.float().sum() * 0.0  # keeps the graph (DDP) and yields zero gradients
+    masked = torch.where(keep, target, torch.full_like(target, ignore_index))
+    return F.cross_entropy(logits.float(), masked, ignore_index=ignore_index)
+
+
+def pseudo_label_cross_entropy(logits: torch.Tensor, pseudo: torch.Tensor, *, ignore_index: int = 255) -> torch.Tensor:
+    """Plain cross-entropy against hard pseudo-labels: no threshold, every pixel counts."""
+    return F.cross_entropy(logits.float(), pseudo, ignore_index=ignore_index)
+
+
+def pseudo_weight(step: int, lambda_pseudo: float, rampup: int = 0) -> float:
+    """Weight of the pseudo-label loss at ``step``.
+
+    ``rampup = 0`` is the paper: ``lambda_pseudo`` from the first step. Otherwise
+    the sigmoid ramp-up of Laine & Aila / Mean Teacher,
+    ``lambda * exp(-5 (1 - t)^2)`` with ``t = min(step / rampup, 1)``, which
+    keeps a teacher trained from scratch from teaching its first guesses.
+    """
+    if rampup <= 0:
+        return lambda_pseudo
+    t = min(step / rampup, 1.0)
+    return lambda_pseudo * math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def heads_for(modalities: Sequence[str]) -> tuple[str, ...]:
+    """Output heads that are trained: the ensemble and both branches (Eq. 7), or the single branch."""
+    return ("ensemble", *modalities) if len(modalities) == 2 else tuple(modalities)
+
+
+def pseudo_labels(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Hard pseudo-labels: the argmax of the teacher's ensemble logits."""
+    return teacher_logits.argmax(1)
+
+
+def compute_losses(
+    outputs: Mapping[str, torch.Tensor],
+    plan: BatchPlan,
+    labels: torch.Tensor,
+    pseudo: torch.Tensor | None,
+    *,
+    heads: Sequence[str],
+    ohem_thresh: float = 0.7,
+    ohem_min_kept: float = 0.08,
+    lambda_pseudo: float = 1.0,
+    ignore_index: int = 255,
+) -> dict[str, torch.Tensor]:
+    """The training loss of one student forward pass.
+
+    Args:
+        outputs: student logits per head, rows in ``plan`` order.
+        labels: ``(B_loaded, H, W)`` ground truth of the loaded batch (ignore for unlabeled).
+        pseudo: ``(B_loaded, H, W)`` teacher pseudo-labels of the loaded batch, or None.
+        ohem_min_kept: fraction of the supervised pixels OHEM keeps at least.
+
+    Returns ``{"loss", "sup", "pseudo"}``: ``loss = sup + lambda_pseudo * pseudo``,
+    each term averaged over ``heads``.
+    """
+    ref = outputs[heads[0]]
+    zero = ref.float().sum() * 0.0
+    sup_rows = plan.supervised.nonzero().flatten().to(ref.device)
+    sup = zero
+    if sup_rows.numel():
+        target = labels[plan.source[plan.supervised].to(labels.device)].to(ref.device)
+        min_kept = int(ohem_min_kept * target.numel())
+        sup = sum(ohem_cross_entropy(outputs[h][sup_rows], target, thresh=ohem_thresh, min_kept=min_kept,
+                                     ignore_index=ignore_index) for h in heads) / len(heads)
+    pse = zero
+    pse_rows = plan.pseudo.nonzero().flatten().to(ref.device)
+    if pse_rows.numel():
+        if pseudo is None:
+            raise ValueError("the batch plan asks for a pseudo-label loss but no pseudo-labels were given")
+        target = pseudo[plan.source[plan.pseudo].to(pseudo.device)].to(ref.device)
+        pse = sum(pseudo_label_cross_entropy(outputs[h][pse_rows], target, ignore_index=ignore_index)
+                  for h in heads) / len(heads)
+    return {"loss": sup + lambda_pseudo * pse, "sup": sup, "pseudo": pse}
