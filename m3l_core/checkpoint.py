@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
+from m3l_core.data.folder import default_palette
 from m3l_core.model import LinearFusionSegFormer, ModelConfig
 from m3l_core.preprocess import Preprocessing
 
@@ -42,17 +43,6 @@ class Checkpoint:
     @property
     def ignore_index(self) -> int:
         return self.preprocessing.ignore_index
-
-
-def default_palette(num_classes: int) -> list[list[int]]:
-    """Distinct colours for classes without a palette (golden-angle hues)."""
-    import colorsys
-
-    out = []
-    for i in range(num_classes):
-        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65, 0.95)
-        out.append([int(r * 255), int(g * 255), int(b * 255)])
-    return out
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -52,6 +52,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from m3l_ros.watchdog import mode_for
+
 log = logging.getLogger("m3l_ros.replay_eval")
 
 MODES = ("rgbd", "rgb_only", "depth_only", "no_input")
@@ -69,14 +71,8 @@ DEFAULT_DEPTH_TOPIC = "/camera/camera/aligned_depth_to_color/image_raw"
 # =============================================================================================
 
 def expected_mode(rgb: bool, depth: bool) -> str:
-    """The mode a correct node is in when these inputs arrive."""
-    if rgb and depth:
-        return "rgbd"
-    if rgb:
-        return "rgb_only"
-    if depth:
-        return "depth_only"
-    return "no_input"
+    """The mode a correct node is in when these inputs arrive (the node's own rule)."""
+    return mode_for(rgb=rgb, depth=depth)
 
 
 @dataclass
@@ -371,21 +367,25 @@ def format_summary(report: dict) -> str:
     if report["switches"]:
         lines.append(f"{'t (s)':>6}  {'event':<10} {'topic':<48} {'expect':<10} {'switch latency':>14}")
         for s in report["switches"]:
-            if s["truncated"]:
-                res = "bag ended"
-            elif not s["switch_expected"]:
-                res = "no switch"
-            elif s.get("already"):
-                res = "0 ms (already)"
-            elif s["reached"]:
-                res = f"{s['latency_s'] * 1e3:.0f} ms"
-            else:
-                res = "NOT REACHED"
+            res = switch_result(s, unit=" ms")
             lines.append(f"{s['time_s']:>6.2f}  {s['event']:<10} {str(s['topic']):<48} "
                          f"{s['expected_mode']:<10} {res:>14}")
     else:
         lines.append("no dropout events received")
     return "\n".join(lines)
+
+
+def switch_result(s: dict, unit: str = "") -> str:
+    """How one dropout boundary ended, for the printed and Markdown reports."""
+    if s["truncated"]:
+        return "bag ended"
+    if not s["switch_expected"]:
+        return "no switch expected"
+    if s.get("already"):
+        return f"0{unit} (already in mode)"
+    if s["reached"]:
+        return f"{s['latency_s'] * 1e3:.0f}{unit}"
+    return "NOT REACHED"
 
 
 def format_markdown(report: dict) -> str:
@@ -406,16 +406,7 @@ def format_markdown(report: dict) -> str:
     if report["switches"]:
         out += ["| t (s) | event | topic | expected mode | switch latency (ms) |", "|---:|---|---|---|---:|"]
         for s in report["switches"]:
-            if s["truncated"]:
-                res = "bag ended"
-            elif not s["switch_expected"]:
-                res = "no switch expected"
-            elif s.get("already"):
-                res = "0 (already in mode)"
-            elif s["reached"]:
-                res = f"{s['latency_s'] * 1e3:.0f}"
-            else:
-                res = "not reached"
+            res = switch_result(s)
             out.append(f"| {s['time_s']:.2f} | {s['event']} | `{s['topic']}` | {s['expected_mode']} | {res} |")
     else:
         out.append("No dropout events were received.")

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -24,6 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_speed import machine  # noqa: E402  (one description of the machine for every benchmark)
 
 # name -> (label in the table, training config)
 VARIANTS = {
@@ -47,20 +47,6 @@ def run(cmd: list[str], log: Path) -> float:
         tail = "".join(open(log).readlines()[-30:])
         raise SystemExit(f"command failed ({proc.returncode}), see {log}:\n{tail}")
     return dt
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def main(argv=None) -> int:

@@ -21,16 +21,14 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from m3l_core.inference import PRECISIONS, autocast, resolve_device
+from m3l_core.inference import autocast, resolve_device
 from m3l_core.model import LinearFusionSegFormer, ModelConfig
 
 
@@ -153,7 +151,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return (f"{cpu}, {os.cpu_count()} logical cores, {platform.system()}, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
 def to_markdown(result: dict) -> str:
