@@ -171,3 +171,13 @@ def test_mismatched_rgb_and_depth_sizes_are_refused(tmp_path):
     seg = Segmenter.from_checkpoint(path)
     with pytest.raises(ValueError, match="depth"):
         seg.predict(rgb=np.zeros((10, 12, 3), np.uint8), depth=np.zeros((11, 12), np.uint16))
+
+
+def test_written_checkpoint_has_the_umask_mode(tmp_path):
+    path = tmp_path / "m.safetensors"
+    old = os.umask(0o022)
+    try:
+        make_ckpt(path)
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644
