@@ -33,8 +33,8 @@ VARIANTS = {
     "lf_md": ("LF + modality dropout", "synthetic_md.yaml"),
     "lf_mt": ("LF + mean teacher", "synthetic_mt.yaml"),
     "lf_m3l": ("LF + M3L", "synthetic_m3l.yaml"),
-    # Two-stage: M3L started from the LF supervised run, our stand-in for the paper's ImageNet
-    # initialisation (it trains lf_sup's iterations plus its own).
+    # Two-stage: M3L started from the LF supervised run at the paper's lr for initialised weights
+    # (1e-4), our stand-in for the paper's ImageNet initialisation (lf_sup's iterations plus its own).
     "lf_m3l_init": ("LF + M3L from LF supervised (two-stage)", "synthetic_m3l.yaml"),
 }
 INIT_FROM = {"lf_m3l_init": "lf_sup"}  # variant -> variant whose best checkpoint it starts from
@@ -113,8 +113,9 @@ def main(argv=None) -> int:
                      "--set", f"seed={args.seed}", "--set", "progress=false"]
         for s in args.set:
             train_cmd += ["--set", s]
-        if name in INIT_FROM:
-            train_cmd += ["--set", f"model.init={work / 'runs' / INIT_FROM[name] / 'model.safetensors'}"]
+        if name in INIT_FROM:  # from trained weights: the paper's fine-tuning learning rate
+            train_cmd += ["--set", f"model.init={work / 'runs' / INIT_FROM[name] / 'model.safetensors'}",
+                          "--set", "optim.lr=1e-4"]
         if run_dir.exists():
             import shutil
 
