@@ -9,13 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from m3l_core.checkpoint import Checkpoint, load_checkpoint
-from m3l_core.preprocess import depth_to_metres, normalize_depth, normalize_rgb
+from m3l_core.preprocess import depth_to_metres, normalize_depth, normalize_rgb, resize_bilinear, resize_nearest
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -77,18 +76,13 @@ class Segmenter:
                              "register depth to the colour image first")
         pre = self.preprocessing
         h, w = pre.input_size
+        # The same resizes as EvalTransform, so a model sees at inference what it was evaluated on.
         if rgb is not None:
-            rgb = np.asarray(rgb)
-            if rgb.shape[:2] != (h, w):
-                rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
-            x_rgb = torch.from_numpy(normalize_rgb(rgb, pre))
+            x_rgb = torch.from_numpy(normalize_rgb(resize_bilinear(np.asarray(rgb), (h, w)), pre))
         else:
             x_rgb = torch.zeros(3, h, w)
         if depth is not None:
-            metres = depth_to_metres(depth)
-            if metres.shape != (h, w):
-                metres = cv2.resize(metres, (w, h), interpolation=cv2.INTER_NEAREST)
-            x_depth = torch.from_numpy(normalize_depth(metres, pre))
+            x_depth = torch.from_numpy(normalize_depth(resize_nearest(depth_to_metres(depth), (h, w)), pre))
         else:
             x_depth = torch.zeros(1, h, w)
         present = torch.tensor([[rgb is not None, depth is not None]])

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -116,3 +117,24 @@ def normalize_depth(depth: np.ndarray, pre: Preprocessing) -> np.ndarray:
         if span > 1e-9:
             out[valid] = np.clip((metres[valid] - lo) / span, 0.0, 1.0)
     return out[None]
+
+
+def resize_bilinear(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an image to ``(H, W)`` (RGB inputs)."""
+    if img.shape[:2] == tuple(hw):
+        return img
+    return cv2.resize(img, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def resize_nearest(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize to ``(H, W)`` with pixel-centre alignment (depth and label maps).
+
+    Plain indexing: works for any dtype (int64 labels included) and copies NaN
+    (invalid depth) without ever blending it.
+    """
+    h, w = img.shape[:2]
+    if (h, w) == tuple(hw):
+        return img
+    rows = np.minimum(((np.arange(hw[0]) + 0.5) * (h / hw[0])).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(hw[1]) + 0.5) * (w / hw[1])).astype(np.int64), w - 1)
+    return img[rows[:, None], cols[None, :]]

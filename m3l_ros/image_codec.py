@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from m3l_core.preprocess import depth_to_metres
+from m3l_core.preprocess import resize_nearest as _resize_nearest
 
 RGB_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
@@ -158,13 +159,8 @@ def depth_from_image(arr: np.ndarray, encoding: str) -> np.ndarray:
 
 
 def resize_nearest(arr: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize (pixel centres), for depth and label maps."""
-    h, w = arr.shape[:2]
-    if (h, w) == (height, width):
-        return arr
-    rows = np.minimum(((np.arange(height) + 0.5) * (h / height)).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * (w / width)).astype(np.int64), w - 1)
-    return np.ascontiguousarray(arr[rows[:, None], cols[None, :]])
+    """Nearest-neighbour resize (pixel centres), for depth and label maps: the one training uses."""
+    return _resize_nearest(arr, (height, width))
 
 
 def label_encoding(num_classes: int) -> str:

@@ -35,7 +35,6 @@ import importlib
 import json
 import logging
 import math
-import signal
 import sys
 import threading
 import time
@@ -359,8 +358,7 @@ def config_from_args(ns: argparse.Namespace) -> ReplayConfig:
 
 
 def main(args: list[str] | None = None) -> int:
-    import rclpy
-    from rclpy.signals import SignalHandlerOptions
+    from m3l_ros.ros_session import ros_session
     from rclpy.utilities import remove_ros_args
 
     argv = sys.argv if args is None else [sys.argv[0], *args]
@@ -374,13 +372,7 @@ def main(args: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError) as err:
         parser.error(str(err))
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
-    node = None
-    try:
-        node = rclpy.create_node(NODE_NAME)
+    with ros_session(NODE_NAME, argv) as (node, stop):
         try:
             replayer = BagReplayer(node, config, info=info, stop=stop)
         except ValueError as err:  # e.g. a message type that is not installed
@@ -388,10 +380,6 @@ def main(args: list[str] | None = None) -> int:
             return 2
         summary = replayer.run()
         print(format_summary(summary, replayer.out_topics), flush=True)
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
     return 0
 
 

@@ -42,7 +42,6 @@ import json
 import logging
 import math
 import queue
-import signal
 import sys
 import threading
 import time
@@ -667,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args: list[str] | None = None) -> int:
     import rclpy
-    from rclpy.signals import SignalHandlerOptions
+    from m3l_ros.ros_session import ros_session
     from rclpy.utilities import remove_ros_args
 
     argv = sys.argv if args is None else [sys.argv[0], *args]
@@ -693,13 +692,7 @@ def main(args: list[str] | None = None) -> int:
         num_classes=ns.num_classes if ns.num_classes is not None else (len(names) if names else None),
         qos=ns.qos, mode_slack=ns.mode_slack)
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
-    node = None
-    try:
-        node = rclpy.create_node("m3l_replay_eval")
+    with ros_session("m3l_replay_eval", argv) as (node, stop):
         ev = ReplayEvaluator(node, config)
         t_end = time.monotonic() + ns.duration
         while not stop.is_set() and time.monotonic() < t_end:
@@ -710,10 +703,6 @@ def main(args: list[str] | None = None) -> int:
             log.warning("the replay did not report 'finished' (stopped after %s)",
                         "a signal" if stop.is_set() else f"--duration {ns.duration} s")
         report = ev.report()
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
     paths = write_report(report, ev.events, ns.out)
     print(format_summary(report), flush=True)
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}", flush=True)

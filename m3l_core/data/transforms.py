@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 import torch
 
-from m3l_core.preprocess import Preprocessing, depth_to_metres, normalize_depth, normalize_rgb
+from m3l_core.preprocess import (Preprocessing, depth_to_metres, normalize_depth, normalize_rgb,
+                                 resize_bilinear, resize_nearest)
 
 PAPER_SCALES = (0.5, 0.75, 1.0, 1.5, 1.75, 2.0)
 
@@ -39,26 +39,6 @@ def _check_sample(sample: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.nd
         if arr is not None and arr.shape[:2] != rgb.shape[:2]:
             raise ValueError(f"sample {name!r}: {key} is {arr.shape[:2]} but rgb is {rgb.shape[:2]}")
     return rgb, depth, label
-
-
-def _resize_bilinear(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    if img.shape[:2] == tuple(hw):
-        return img
-    return cv2.resize(img, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
-
-
-def resize_nearest(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize with pixel-centre alignment (like the bilinear RGB resize).
-
-    Plain indexing: works for any dtype (int64 labels included) and copies NaN
-    (invalid depth) without ever blending it.
-    """
-    h, w = img.shape[:2]
-    if (h, w) == tuple(hw):
-        return img
-    rows = np.minimum(((np.arange(hw[0]) + 0.5) * (h / hw[0])).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(hw[1]) + 0.5) * (w / hw[1])).astype(np.int64), w - 1)
-    return img[rows[:, None], cols[None, :]]
 
 
 @dataclass
@@ -98,7 +78,7 @@ class TrainTransform:
         x0 = int(rng.integers(0, max(sw - cw, 0) + 1))
         flip = self.flip and bool(rng.random() < 0.5)
 
-        rgb = _resize_bilinear(rgb, (sh, sw))
+        rgb = resize_bilinear(rgb, (sh, sw))
         depth = resize_nearest(depth, (sh, sw))  # NaN (invalid) is copied, never blended
         depth_n = normalize_depth(depth, self.pre)[0]  # on the whole scaled frame
         ys, xs = slice(y0, y0 + ch), slice(x0, x0 + cw)
@@ -141,7 +121,7 @@ class EvalTransform:
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         rgb, depth, label = _check_sample(sample)
         hw = self.pre.input_size
-        rgb_n = normalize_rgb(_resize_bilinear(rgb, hw), self.pre)
+        rgb_n = normalize_rgb(resize_bilinear(rgb, hw), self.pre)
         depth_n = normalize_depth(resize_nearest(depth, hw), self.pre)
         if label is None:
             label_t = np.full(rgb.shape[:2], self.pre.ignore_index, np.int64)
