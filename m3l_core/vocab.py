@@ -1,0 +1,52 @@
+"""The project's shared vocabulary: modalities, input modes, evaluation conditions, precisions.
+
+Every other module imports these names from here; nothing else defines them.
+
+- A *modality* is one input stream: ``rgb`` or ``depth``.
+- *Presence* says which modalities a sample has, always in ``MODALITIES`` order
+  (``(rgb_present, depth_present)``). The model's ``forward`` takes it as a boolean mask.
+- A *mode* is what the ROS node reports on ``~/mode``: which streams are alive.
+- A *condition* is an evaluation setting (the paper's RGB-D, RGB only, depth only).
+"""
+from __future__ import annotations
+
+MODALITIES: tuple[str, str] = ("rgb", "depth")
+
+# Node modes -> presence (rgb, depth). ``no_input``: nothing is segmented or published.
+MODE_PRESENCE: dict[str, tuple[bool, bool]] = {
+    "rgbd": (True, True),
+    "rgb_only": (True, False),
+    "depth_only": (False, True),
+    "no_input": (False, False),
+}
+MODES: tuple[str, ...] = tuple(MODE_PRESENCE)
+RGBD, RGB_ONLY, DEPTH_ONLY, NO_INPUT = MODES
+
+# Evaluation conditions -> presence (rgb, depth).
+CONDITION_PRESENCE: dict[str, tuple[bool, bool]] = {
+    "rgbd": (True, True),
+    "rgb": (True, False),
+    "depth": (False, True),
+}
+CONDITIONS: tuple[str, ...] = tuple(CONDITION_PRESENCE)
+CONDITION_TITLES: dict[str, str] = {"rgbd": "RGB-D", "rgb": "RGB only", "depth": "Depth only",
+                                    "mm_robust": "MM-Robust"}
+
+# Numeric precisions by name (the torch dtypes live in m3l_core.inference, which imports torch).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+
+def mode_for(*, rgb: bool, depth: bool) -> str:
+    """The mode for the given presence."""
+    for mode, presence in MODE_PRESENCE.items():
+        if presence == (bool(rgb), bool(depth)):
+            return mode
+    raise AssertionError("unreachable")
+
+
+def condition_for(*, rgb: bool, depth: bool) -> str:
+    """The evaluation condition for the given presence (``ValueError`` when both are absent)."""
+    for cond, presence in CONDITION_PRESENCE.items():
+        if presence == (bool(rgb), bool(depth)):
+            return cond
+    raise ValueError("no modality present: there is no evaluation condition without input")
