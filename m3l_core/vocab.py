@@ -50,3 +50,22 @@ def condition_for(*, rgb: bool, depth: bool) -> str:
         if presence == (bool(rgb), bool(depth)):
             return cond
     raise ValueError("no modality present: there is no evaluation condition without input")
+
+
+def colorize(labels, palette, ignore_index: int | None = None):
+    """HxW class ids -> HxWx3 uint8 with ``palette`` (Cx3). The one colouring rule of the project.
+
+    Ids outside ``[0, len(palette))`` and ``ignore_index`` (if given) are black, so a label image
+    with an unknown id still renders instead of raising.
+    """
+    import numpy as np
+
+    labels = np.asarray(labels)
+    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    lut = np.zeros((len(pal) + 1, 3), np.uint8)  # last row: black for everything else
+    lut[: len(pal)] = pal
+    idx = labels.astype(np.int64, copy=False)
+    bad = (idx < 0) | (idx >= len(pal))
+    if ignore_index is not None:
+        bad |= idx == ignore_index
+    return lut[np.where(bad, len(pal), idx)]
