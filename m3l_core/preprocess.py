@@ -4,7 +4,7 @@ Raw data enters the system in one of two forms:
 
 * RGB: ``HxWx3 uint8`` in RGB channel order.
 * Depth: ``HxW`` either ``uint16`` millimetres or ``float32`` metres (REP 118).
-  0, NaN and +/-Inf are invalid.
+  0, NaN and +/-Inf are invalid, and so is 65535 in ``uint16`` (see :func:`depth_to_metres`).
 
 :func:`depth_to_metres` turns any depth into ``float32`` metres with NaN for
 invalid pixels; :func:`normalize_rgb` and :func:`normalize_depth` turn raw
@@ -60,11 +60,17 @@ class Preprocessing:
         return cls(**known)
 
 
-def depth_to_metres(depth: np.ndarray) -> np.ndarray:
-    """Any supported depth array -> float32 metres, NaN where invalid.
+UINT16_NO_RETURN = 65535  # Kinect / 7-Scenes / Stanford "no return" marker in 16-bit depth
+SUSPICIOUS_MEDIAN_M = 20.0  # indoor RGB-D cameras: a median beyond this means the units are wrong
 
-    ``uint16`` is millimetres and ``float32``/``float64`` is metres (REP 118);
-    0, NaN and +/-Inf are invalid.
+
+def depth_to_metres(depth: np.ndarray, *, max_depth: float | None = None) -> np.ndarray:
+    """Any supported depth array -> float32 metres, NaN where invalid. The project's one depth rule.
+
+    ``uint16`` is millimetres and ``float32``/``float64`` is metres (REP 118). Invalid:
+    0, NaN, +/-Inf, and 65535 in ``uint16`` ("no return" on Kinect-style sensors), plus
+    anything beyond ``max_depth`` metres when it is given (``None`` or 0: no limit).
+    Used identically by ``Segmenter``, the ROS node, the dataset loaders and ``record``.
     """
     depth = np.asarray(depth)
     if depth.ndim == 3 and depth.shape[2] == 1:
@@ -73,13 +79,32 @@ def depth_to_metres(depth: np.ndarray) -> np.ndarray:
         raise ValueError(f"depth must be HxW, got shape {depth.shape}")
     if depth.dtype == np.uint16:
         out = depth.astype(np.float32) * np.float32(1e-3)
-        out[depth == 0] = np.nan
-        return out
-    if depth.dtype in (np.float32, np.float64):
+        out[(depth == 0) | (depth == UINT16_NO_RETURN)] = np.nan
+    elif depth.dtype in (np.float32, np.float64):
         out = depth.astype(np.float32, copy=True)
         out[~np.isfinite(out) | (out <= 0)] = np.nan
-        return out
-    raise ValueError(f"depth must be uint16 millimetres or float32 metres, got dtype {depth.dtype}")
+    else:
+        raise ValueError(f"depth must be uint16 millimetres or float32 metres, got dtype {depth.dtype}")
+    if max_depth:
+        with np.errstate(invalid="ignore"):
+            out[out > max_depth] = np.nan
+    return out
+
+
+def depth_units_warning(metres: np.ndarray) -> str | None:
+    """A message when valid depth looks like the wrong units (median beyond 20 m), else None.
+
+    Typical cause: 16UC1 data in 0.1 mm or 1/512 m steps labelled as millimetres. Callers
+    log it once per source; it never changes the data.
+    """
+    valid = metres[np.isfinite(metres)]
+    if valid.size == 0:
+        return None
+    median = float(np.median(valid))
+    if median > SUSPICIOUS_MEDIAN_M:
+        return (f"median valid depth is {median:.1f} m (> {SUSPICIOUS_MEDIAN_M:.0f} m): 16UC1 depth must be "
+                "millimetres and 32FC1 metres (REP 118); convert other units before publishing/saving")
+    return None
 
 
 def valid_depth_fraction(depth: np.ndarray) -> float:
