@@ -18,16 +18,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
+from m3l_core.checkpoint_validation import (  # noqa: F401 - re-exported: the public checkpoint API
+    BOUNDS, FORMAT, CheckedMetadata, CheckpointError, check_tensor_shapes, expected_tensor_shapes, validate_metadata)
 from m3l_core.data.folder import default_palette
 from m3l_core.model import LinearFusionSegFormer, ModelConfig
 from m3l_core.preprocess import Preprocessing
 
-FORMAT = "m3l-ros/checkpoint/v1"
 META_KEY = "m3l"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, foreign or inconsistent."""
 
 
 @dataclass
@@ -86,11 +83,7 @@ def save_checkpoint(
     model = model.module if hasattr(model, "module") else model  # unwrap DDP
     cfg = model.config
     class_names = [str(n) for n in class_names]
-    if len(class_names) != cfg.num_classes:
-        raise CheckpointError(f"{path}: {len(class_names)} class names for a model with {cfg.num_classes} classes")
-    palette = [list(map(int, c)) for c in (palette if palette is not None else default_palette(cfg.num_classes))]
-    if len(palette) != cfg.num_classes or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in palette):
-        raise CheckpointError(f"{path}: palette must hold {cfg.num_classes} [r, g, b] colours in 0..255")
+    palette = [[int(v) for v in c] for c in (palette if palette is not None else default_palette(cfg.num_classes))]
     pre = preprocessing or Preprocessing()
     meta = {
         "format": FORMAT,
@@ -101,53 +94,92 @@ def save_checkpoint(
         "preprocessing": pre.to_dict(),
         "extra": extra or {},
     }
+    meta = json.loads(json.dumps(meta))  # tuples -> lists: check exactly what a reader will see
+    validate_metadata(meta, source=str(path))  # never write a file that load_checkpoint would refuse
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     blob = st_save(tensors, metadata={META_KEY: json.dumps(meta)})
     atomic_write_bytes(path, blob)
 
 
+def _check_readable(path: str) -> None:
+    """Open the file once so OS errors keep their own reason (permission denied is not "not found")."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint not found: {path} ({e.strerror})", path=path) from e
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {e.strerror or e} ({type(e).__name__})",
+                              path=path) from e
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON metadata of a checkpoint, without loading the weights."""
+    """The JSON metadata of a checkpoint, without loading the weights (not yet validated)."""
     path = str(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
+    _check_readable(path)
     try:
         with safe_open(path, framework="pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from e
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})", path=path) from e
     if raw is None:
-        raise CheckpointError(f"{path}: safetensors file has no M3L metadata; not an M3L-ROS checkpoint")
+        raise CheckpointError(f"{path}: safetensors file has no M3L metadata; not an M3L-ROS checkpoint", path=path)
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({e})") from e
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({e})", path=path) from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path}: unsupported checkpoint format {found!r}, expected {FORMAT!r}",
+                              path=path, field="format")
     return meta
 
 
+def read_tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor, from the safetensors header alone (no tensor is read)."""
+    path = str(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})", path=path) from e
+
+
+def check_finite(state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Reject NaN/Inf weights, naming the first tensor that holds them."""
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise CheckpointError(f"{source}: tensor '{k}' holds {bad} NaN/Inf value(s) of {v.numel()}",
+                                  path=source, field=k)
+
+
+def build_model(config: ModelConfig) -> LinearFusionSegFormer:
+    """The one place a checkpoint's model is allocated (after every check has passed)."""
+    return LinearFusionSegFormer(config)
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
-    """Rebuild the model from the file alone; returns it in eval mode."""
+    """Rebuild the model from the file alone; returns it in eval mode.
+
+    Order matters: metadata (types, ranges, class list), then tensor shapes from the file
+    header against the config, then the weights (finite), and only then the model is built.
+    """
     path = str(path)
     meta = read_metadata(path)
-    try:
-        cfg = ModelConfig.from_dict(meta["model"])
-        pre = Preprocessing.from_dict(meta["preprocessing"])
-        class_names = list(meta["class_names"])
-        palette = [list(c) for c in meta["palette"]]
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: invalid checkpoint metadata ({e})") from e
-    model = LinearFusionSegFormer(cfg)
+    checked = validate_metadata(meta, source=path)
+    check_tensor_shapes(read_tensor_shapes(path), checked.model_config, source=path)
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: truncated or corrupt weights ({e})") from e
+        raise CheckpointError(f"{path}: truncated or corrupt weights ({e})", path=path) from e
+    check_finite(state, source=path)
+    model = build_model(checked.model_config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the model config ({e})") from e
+        raise CheckpointError(f"{path}: weights do not match the model config ({e})", path=path) from e
     model.to(device).eval()
-    return Checkpoint(model=model, model_config=cfg, class_names=class_names, palette=palette,
-                      preprocessing=pre, metadata=meta, path=path)
+    return Checkpoint(model=model, model_config=checked.model_config, class_names=checked.class_names,
+                      palette=checked.palette, preprocessing=checked.preprocessing, metadata=meta, path=path)

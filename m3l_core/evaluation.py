@@ -12,18 +12,23 @@ from the reduced matrix only (never averaged per rank).
 """
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from m3l_core import distributed as dist_utils
+from m3l_core.data.folder import DatasetError
+from m3l_core.data.loading import make_loader, raise_failure
+from m3l_core.data.transforms import EvalTransform
 from m3l_core.metrics import confusion_matrix, summarize
+from m3l_core.vocab import CONDITION_PRESENCE as _PRESENT  # columns [rgb, depth]
+from m3l_core.vocab import CONDITIONS, MODALITIES
 
-CONDITIONS = ("rgbd", "rgb", "depth")
-_PRESENT = {"rgbd": (True, True), "rgb": (True, False), "depth": (False, True)}  # columns [rgb, depth]
-_NEEDS = {"rgbd": ("rgb", "depth"), "rgb": ("rgb",), "depth": ("depth",)}
+log = logging.getLogger(__name__)
 
 OnBatch = Callable[[Mapping[str, Any], Mapping[str, Any]], None]
 
@@ -38,10 +43,9 @@ def present_mask(condition: str, batch_size: int, device: torch.device | str = "
 
 def conditions_for(model_config: Any) -> tuple[str, ...]:
     """Conditions a model can be evaluated on: all three for RGB-D, its own for uni-modal."""
-    mods = set(getattr(model_config, "modalities", ("rgb", "depth")))
-    if mods == {"rgb", "depth"}:
-        return CONDITIONS
-    return tuple(c for c in CONDITIONS if set(_NEEDS[c]) == mods)
+    mods = tuple(getattr(model_config, "modalities", MODALITIES))
+    return tuple(c for c in CONDITIONS
+                 if set(mods) == set(MODALITIES) or _PRESENT[c] == tuple(m in mods for m in MODALITIES))
 
 
 def collate_eval(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -133,6 +137,7 @@ def evaluate(
     net.eval()
     try:
         for batch in it:
+            batch = raise_failure(batch)  # a DataLoader worker's DatasetError, as one line
             rgb = batch["rgb"].to(device, non_blocking=True)
             depth = batch["depth"].to(device, non_blocking=True)
             labels = batch["label"]
@@ -211,3 +216,83 @@ def summarize_results(cms: Mapping[str, torch.Tensor], class_names: Sequence[str
     results: dict[str, Any] = {c: (summarize(cms[c], class_names) if c in cms else None) for c in CONDITIONS}
     results["mm_robust"] = mm_robust(results)
     return results
+
+
+# --- evaluating a checkpoint on a dataset ---------------------------------------------------------
+
+
+class IndexedEval(torch.utils.data.Dataset):
+    """``EvalTransform(dataset.load(i))`` plus the sample index, so examples can be re-read later."""
+
+    def __init__(self, dataset: Any, transform: EvalTransform) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        out = self.transform(self.dataset.load(i))
+        out["index"] = i
+        return out
+
+
+class ExampleCollector:
+    """``on_batch`` hook keeping the predictions of the first ``n`` samples (CPU, uint8)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.items: list[dict[str, Any]] = []
+
+    def __call__(self, batch: Mapping[str, Any], preds: Mapping[str, Any]) -> None:
+        for j, index in enumerate(batch["index"].tolist()):
+            if len(self.items) >= self.n:
+                return
+            self.items.append({"index": index, "preds": {c: p[j].to("cpu", torch.uint8).numpy() for c, p in preds.items()}})
+
+
+def check_classes(class_names: Sequence[str], dataset: Any, *, checkpoint: str, source: str) -> None:
+    """The dataset must have the checkpoint's class count (names may differ: a warning)."""
+    n_data, n_ckpt = dataset.classes.num_classes, len(class_names)
+    if n_data != n_ckpt:
+        raise DatasetError(f"{source} lists {n_data} classes but checkpoint {checkpoint} predicts {n_ckpt} "
+                           "classes; evaluate on data with the same classes")
+    if list(dataset.classes.names) != list(class_names):
+        log.warning("class names differ between %s %s and checkpoint %s %s; using the checkpoint's",
+                    source, dataset.classes.names, checkpoint, list(class_names))
+
+
+@dataclass
+class EvalRun:
+    results: dict[str, Any]  # summarize_results()
+    cms: dict[str, torch.Tensor]
+    examples: list[dict[str, Any]] = field(default_factory=list)  # raw samples + "preds", main rank only
+
+
+def evaluate_dataset(
+    ckpt: Any,
+    dataset: Any,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 4,
+    workers: int = 0,
+    amp_dtype: torch.dtype | None = None,
+    num_examples: int = 0,
+    progress: bool = False,
+) -> EvalRun:
+    """Evaluate a loaded checkpoint (:class:`m3l_core.checkpoint.Checkpoint`) on a raw labeled dataset.
+
+    Under DDP every rank calls this on the same dataset; each evaluates its shard and the
+    confusion matrices are summed, so the result equals a single-process run exactly.
+    """
+    device = torch.device(device)
+    sampler = dist_utils.ShardSampler(len(dataset))
+    loader = make_loader(IndexedEval(dataset, EvalTransform(ckpt.preprocessing)), batch_size=batch_size,
+                         sampler=sampler, num_workers=workers, collate_fn=collate_eval,
+                         pin_memory=device.type == "cuda")
+    collector = ExampleCollector(num_examples) if dist_utils.is_main() and num_examples else None
+    model = ckpt.model.to(device).eval()
+    cms = evaluate(model, loader, num_classes=ckpt.model_config.num_classes, device=device, amp_dtype=amp_dtype,
+                   ignore_index=dataset.classes.ignore_index, progress=progress, on_batch=collector)
+    examples = [{**dataset.load(item["index"]), "preds": item["preds"]} for item in (collector.items if collector else [])]
+    return EvalRun(results=summarize_results(cms, ckpt.class_names), cms=cms, examples=examples)

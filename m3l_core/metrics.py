@@ -5,7 +5,8 @@ Statistics first, then scores (as in segmentation_models_pytorch): a
 DDP ranks, and only then turned into IoU and accuracies. Never average
 per-batch or per-rank mIoU.
 
-Conventions (the paper's code, see docs in ``method-details.md``):
+Conventions (those of the authors' ``hist_info`` / ``compute_score`` in
+harshm121/M3L ``src/utils/seg_opr/metrics.py``):
 
 * rows are ground truth, columns are predictions;
 * only pixels whose label is in ``[0, C)`` count, so ``ignore_index`` (255)

@@ -13,6 +13,10 @@ student and the robot at test time); without, its input is zeroed (the paper's
 baselines). Either way, the values of a missing input never reach the output.
 
 The model knows nothing about losses, labels or random masking.
+
+``align_corners``, ``layernorm_eps``, ``token_init`` and ``freeze_bn`` reproduce the authors'
+reference code exactly when set to its values (the paper configs do); their defaults keep the
+project's behaviour, so older checkpoints load unchanged (docs/reference_deviations.md).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import torch.nn.functional as F
 from timm.models.pvt_v2 import PyramidVisionTransformerV2, checkpoint_filter_fn
 
 MODALITIES = ("rgb", "depth")
+TOKEN_INITS = ("trunc_normal", "randn")
 
 # Official SegFormer MiT numbers (Xie et al. 2021). MLP ratio 4 everywhere is
 # what makes timm's PVTv2 exactly MiT. "tiny" exists for fast tests.
@@ -49,6 +54,13 @@ class ModelConfig:
     missing_token: bool = True  # learned token for a missing modality; False = zero input
     drop_path_rate: float = 0.1
     decoder_dropout: float = 0.1
+    # Reference-exact options (docs/reference_deviations.md). The defaults are the project's
+    # behaviour, so checkpoints written before these fields existed load unchanged; the paper
+    # configs switch all four to the reference's values.
+    align_corners: bool = False  # final logit upsampling (model, evaluator, Segmenter); reference: True
+    layernorm_eps: float | None = None  # None: timm's (1e-5 patch-embed/SR norms, 1e-6 others); reference: 1e-6
+    token_init: str = "trunc_normal"  # missing token: trunc_normal std 0.02 (project) | randn std 1 (reference)
+    freeze_bn: bool = False  # decoder BatchNorm stays in eval mode while training; reference: True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,6 +75,10 @@ class ModelConfig:
             raise ValueError(f"model.num_classes must be >= 1, got {self.num_classes}")
         if not 0.0 <= self.fusion_alpha <= 1.0:
             raise ValueError(f"model.fusion_alpha must be in [0, 1], got {self.fusion_alpha}")
+        if self.layernorm_eps is not None and not 0.0 < self.layernorm_eps < 1.0:
+            raise ValueError(f"model.layernorm_eps must be in (0, 1) or null, got {self.layernorm_eps}")
+        if self.token_init not in TOKEN_INITS:
+            raise ValueError(f"model.token_init must be one of {TOKEN_INITS}, got {self.token_init!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -93,8 +109,9 @@ class ModalityLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_modalities, dim))
 
     @classmethod
-    def from_layernorm(cls, ln: nn.LayerNorm, num_modalities: int) -> "ModalityLayerNorm":
-        new = cls(ln.normalized_shape[0], num_modalities, eps=ln.eps)
+    def from_layernorm(cls, ln: nn.LayerNorm, num_modalities: int, eps: float | None = None) -> "ModalityLayerNorm":
+        """Copy ``ln`` into every modality slot; ``eps`` overrides its epsilon when given."""
+        new = cls(ln.normalized_shape[0], num_modalities, eps=ln.eps if eps is None else eps)
         with torch.no_grad():
             new.weight.copy_(ln.weight.detach().expand_as(new.weight))
             new.bias.copy_(ln.bias.detach().expand_as(new.bias))
@@ -183,14 +200,18 @@ class LinearFusionSegFormer(nn.Module):
         for name, module in list(self.encoder.named_modules()):
             for child_name, child in list(module.named_children()):
                 if isinstance(child, nn.LayerNorm):
-                    setattr(module, child_name, ModalityLayerNorm.from_layernorm(child, m))
+                    setattr(module, child_name, ModalityLayerNorm.from_layernorm(child, m, eps=config.layernorm_eps))
         for stage in self.encoder.stages:
             for block in stage.blocks:
                 block.attn.proj_drop = LinearFusion(config.fusion_alpha, m, block.attn.proj_drop)
         dims = tuple(arch["embed_dims"])
         self.missing_token = nn.Parameter(torch.zeros(dims[0])) if config.missing_token else None
         if self.missing_token is not None:
-            nn.init.trunc_normal_(self.missing_token, std=0.02)
+            if config.token_init == "randn":  # the reference: torch.randn(dim)
+                with torch.no_grad():
+                    self.missing_token.copy_(torch.randn(dims[0]))
+            else:
+                nn.init.trunc_normal_(self.missing_token, std=0.02)
         self.decoder = SegFormerHead(dims, config.decoder_dim, config.num_classes, config.decoder_dropout)
         # Ensemble weights (paper Eq. 6), trained; softmax keeps them a convex combination.
         self.ensemble_logits = nn.Parameter(torch.zeros(m)) if m == 2 else None
@@ -198,6 +219,19 @@ class LinearFusionSegFormer(nn.Module):
     @property
     def modalities(self) -> tuple[str, ...]:
         return self.config.modalities
+
+    def train(self, mode: bool = True) -> "LinearFusionSegFormer":
+        """As ``nn.Module.train``; with ``freeze_bn`` the decoder BatchNorm stays in eval mode.
+
+        Frozen BatchNorm (the reference's ``freeze_bn: True``) normalises with its
+        running statistics and never updates them; its affine weights still train.
+        """
+        super().train(mode)
+        if mode and self.config.freeze_bn:
+            for mod in self.modules():
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                    mod.eval()
+        return self
 
     def ensemble_weights(self) -> torch.Tensor:
         return self.ensemble_logits.softmax(0)
@@ -257,7 +291,7 @@ class LinearFusionSegFormer(nn.Module):
             wts = self.ensemble_weights().to(logits.dtype)
             ensemble = wts[0] * branches["rgb"].detach() + wts[1] * branches["depth"].detach()
         out = {"ensemble": ensemble, **branches}
-        return {k: F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False) for k, v in out.items()}
+        return {k: upsample_logits(v, (h, w), align_corners=self.config.align_corners) for k, v in out.items()}
 
     def encode(self, x: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor]:
         """Run the shared encoder on modality-stacked input; returns 4 NCHW feature maps."""
@@ -341,6 +375,19 @@ def _read_pretrained(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
     return obj
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int] | torch.Size, *, align_corners: bool = False) -> torch.Tensor:
+    """Bilinear upsampling of ``(B, C, h, w)`` logits to ``size``: the ONE logit upsampling.
+
+    Used by the model's own output, the evaluator (to the label size) and
+    ``Segmenter`` (to the image size), always with the checkpoint's
+    ``ModelConfig.align_corners`` (the reference uses True in both places).
+    """
+    size = tuple(int(v) for v in size)
+    if tuple(logits.shape[-2:]) == size:
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -22,7 +22,13 @@ import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEPTH_NORMS = ("minmax", "metric")
+# "minmax": per-image min-max over the VALID pixels (the project). "minmax_all": min-max over all
+# pixels with invalid ones as 0 (the reference), i.e. depth / max whenever a pixel is invalid.
+# "metric": a fixed range in metres.
+DEPTH_NORMS = ("minmax", "metric", "minmax_all")
+# Nearest-neighbour resize alignment. "center": source pixel floor((i + 0.5) * src / dst) (the project);
+# "corner": floor(i * src / dst), what cv2.INTER_NEAREST computes (the reference): 0, 2, 4... at 1/2.
+NEAREST_ALIGNS = ("center", "corner")
 
 
 @dataclass
@@ -32,11 +38,13 @@ class Preprocessing:
     input_size: tuple[int, int] = (480, 640)  # (H, W) the model sees at test time
     rgb_mean: tuple[float, float, float] = IMAGENET_MEAN
     rgb_std: tuple[float, float, float] = IMAGENET_STD
-    # "minmax": per-image min-max of valid depth to [0, 1] (the paper).
+    # "minmax": per-image min-max of valid depth to [0, 1] (the project's default).
+    # "minmax_all": min-max over all pixels, invalid = 0 (the reference implementation).
     # "metric": clip to depth_range metres, then scale to [0, 1]; stable across frames.
     depth_norm: str = "minmax"
     depth_range: tuple[float, float] = (0.0, 10.0)  # metres, used by "metric"
     ignore_index: int = 255
+    nearest_align: str = "center"  # depth/label nearest resize: "center" (project) | "corner" (cv2, reference)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -46,6 +54,8 @@ class Preprocessing:
         self.depth_range = tuple(float(v) for v in self.depth_range)
         if self.depth_norm not in DEPTH_NORMS:
             raise ValueError(f"preprocessing.depth_norm must be one of {DEPTH_NORMS}, got {self.depth_norm!r}")
+        if self.nearest_align not in NEAREST_ALIGNS:
+            raise ValueError(f"preprocessing.nearest_align must be one of {NEAREST_ALIGNS}, got {self.nearest_align!r}")
         if len(self.input_size) != 2 or min(self.input_size) <= 0:
             raise ValueError(f"preprocessing.input_size must be (H, W) > 0, got {self.input_size}")
         if not self.depth_range[1] > self.depth_range[0]:
@@ -123,25 +133,60 @@ def normalize_rgb(rgb: np.ndarray, pre: Preprocessing) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def normalize_depth(depth: np.ndarray, pre: Preprocessing) -> np.ndarray:
+def depth_bounds(metres: np.ndarray, pre: Preprocessing) -> tuple[float, float] | None:
+    """The ``(lo, hi)`` metres that :func:`normalize_depth` maps to 0 and 1, or None if no pixel is valid.
+
+    Lets a caller take the bounds from one frame (the reference: the full original
+    image) and apply them to a resized or cropped copy of it.
+    """
+    valid = np.isfinite(metres)
+    if not valid.any():
+        return None
+    if pre.depth_norm == "metric":
+        return tuple(pre.depth_range)
+    lo, hi = float(metres[valid].min()), float(metres[valid].max())
+    if pre.depth_norm == "minmax_all" and not valid.all():
+        lo = min(lo, 0.0)  # invalid pixels count as 0 in the minimum
+    return lo, hi
+
+
+def normalize_depth(depth: np.ndarray, pre: Preprocessing, *, bounds: tuple[float, float] | None = None) -> np.ndarray:
     """Depth (uint16 mm or float metres) -> 1xHxW float32 in [0, 1].
 
-    Invalid pixels take the minimum (0). A constant or all-invalid image maps
-    to all zeros and never to NaN.
+    ``bounds`` (from :func:`depth_bounds`) default to this image's own. Invalid
+    pixels take 0. A constant or all-invalid image maps to all zeros and never to NaN.
     """
     metres = depth_to_metres(depth)
     valid = np.isfinite(metres)
     out = np.zeros(metres.shape, np.float32)
-    if valid.any():
-        if pre.depth_norm == "minmax":
-            lo = float(metres[valid].min())
-            hi = float(metres[valid].max())
-        else:
-            lo, hi = pre.depth_range
+    if bounds is None:
+        bounds = depth_bounds(metres, pre)
+    if bounds is not None and valid.any():
+        lo, hi = bounds
         span = hi - lo
         if span > 1e-9:
             out[valid] = np.clip((metres[valid] - lo) / span, 0.0, 1.0)
     return out[None]
+
+
+def depth_input(depth: np.ndarray, pre: Preprocessing, hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Raw depth -> the model's 1xHxW input at ``hw`` (default ``pre.input_size``): THE test-time depth path.
+
+    Resizes with ``pre.nearest_align``. ``minmax_all`` (the reference) takes its
+    bounds from the full frame before resizing, as the reference normalises at
+    load time; ``minmax`` (the project) from the resized frame, as it always did.
+    """
+    hw = tuple(pre.input_size if hw is None else hw)
+    metres = depth_to_metres(depth)
+    bounds = depth_bounds(metres, pre) if pre.depth_norm == "minmax_all" else None
+    small = resize_nearest(metres, hw, align=pre.nearest_align)
+    return normalize_depth(small, pre, bounds=bounds)
+
+
+def rgb_input(rgb: np.ndarray, pre: Preprocessing, hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Raw HxWx3 uint8 RGB -> the model's 3xHxW input at ``hw`` (default ``pre.input_size``)."""
+    hw = tuple(pre.input_size if hw is None else hw)
+    return normalize_rgb(resize_bilinear(np.asarray(rgb), hw), pre)
 
 
 def resize_bilinear(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -151,8 +196,23 @@ def resize_bilinear(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def resize_nearest(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize to ``(H, W)`` with pixel-centre alignment (depth and label maps).
+def nearest_indices(src: int, dst: int, align: str = "center") -> np.ndarray:
+    """Source index of each of ``dst`` output pixels along one axis of length ``src``.
+
+    ``center``: ``floor((i + 0.5) * src / dst)``. ``corner``: ``floor(i * (1 / (dst / src)))`` in
+    double precision, exactly what cv2's INTER_NEAREST computes.
+    """
+    if align == "center":
+        idx = ((np.arange(dst) + 0.5) * (src / dst)).astype(np.int64)
+    elif align == "corner":
+        idx = np.floor(np.arange(dst, dtype=np.float64) * (1.0 / (dst / src))).astype(np.int64)
+    else:
+        raise ValueError(f"align must be one of {NEAREST_ALIGNS}, got {align!r}")
+    return np.minimum(idx, src - 1)
+
+
+def resize_nearest(img: np.ndarray, hw: tuple[int, int], *, align: str = "center") -> np.ndarray:
+    """Nearest-neighbour resize to ``(H, W)`` (depth and label maps); ``align`` as in :data:`NEAREST_ALIGNS`.
 
     Plain indexing: works for any dtype (int64 labels included) and copies NaN
     (invalid depth) without ever blending it.
@@ -160,6 +220,6 @@ def resize_nearest(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     h, w = img.shape[:2]
     if (h, w) == tuple(hw):
         return img
-    rows = np.minimum(((np.arange(hw[0]) + 0.5) * (h / hw[0])).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(hw[1]) + 0.5) * (w / hw[1])).astype(np.int64), w - 1)
+    rows = nearest_indices(h, hw[0], align)
+    cols = nearest_indices(w, hw[1], align)
     return img[rows[:, None], cols[None, :]]

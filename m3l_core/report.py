@@ -3,24 +3,42 @@
 ``results`` everywhere is the dict from ``evaluation.summarize_results``:
 ``{"rgbd": s, "rgb": s, "depth": s, "mm_robust": s}`` where each ``s`` is a
 ``metrics.summarize`` dict in percent, or None when not evaluated (the
-paper's "-", e.g. uni-modal models). Charts use matplotlib's object API with
-the Agg canvas, so no display and no global backend switch is needed.
+paper's "-", e.g. uni-modal models). Charts use matplotlib's object API
+(``Figure`` and its Agg canvas), so no display and no global backend switch is needed.
+Paths recorded in reports are relative to the source tree or bare file names, never
+machine paths, so reports can be committed.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from m3l_core.vocab import CONDITION_TITLES, CONDITIONS, colorize
+
 log = logging.getLogger(__name__)
 
-CONDITIONS = ("rgbd", "rgb", "depth")
-ROWS = ("rgbd", "rgb", "depth", "mm_robust")
-TITLES = {"rgbd": "RGB-D", "rgb": "RGB only", "depth": "Depth only", "mm_robust": "MM-Robust"}
+ROWS = (*CONDITIONS, "mm_robust")  # the report's rows: every condition, then their mean
 SCORES = (("miou", "mIoU"), ("macc", "mAcc"), ("pixel_acc", "Pix. Acc."))
+_TREE = Path(__file__).resolve().parents[1]  # the checkout (or site-packages) this package lives in
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """``path`` as a report may record it: relative to the source tree when inside it, else its file name."""
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    p = p.resolve()
+    return p.relative_to(_TREE).as_posix() if p.is_relative_to(_TREE) else p.name
+
+
+def portable_info(info: Mapping[str, Any]) -> dict[str, Any]:
+    """``info`` with every absolute path string replaced by :func:`portable_path`."""
+    return {k: portable_path(v) if isinstance(v, str) and os.path.isabs(v) else v for k, v in info.items()}
 
 
 def _fmt(v: float | None, digits: int = 2) -> str:
@@ -39,7 +57,7 @@ def format_table(results: Mapping[str, Any]) -> str:
     head = f"{'condition':<12}" + "".join(f"{name:>11}" for _, name in SCORES)
     lines = [head, "-" * len(head)]
     for row in ROWS:
-        lines.append(f"{TITLES[row]:<12}" + "".join(f"{_fmt(_get(results, row, k)):>11}" for k, _ in SCORES))
+        lines.append(f"{CONDITION_TITLES[row]:<12}" + "".join(f"{_fmt(_get(results, row, k)):>11}" for k, _ in SCORES))
     return "\n".join(lines)
 
 
@@ -51,11 +69,11 @@ def markdown_table(results: Mapping[str, Any], *, title: str | None = None, per_
     out += ["| Condition | " + " | ".join(n for _, n in SCORES) + " |",
             "|---|" + "---:|" * len(SCORES)]
     for row in ROWS:
-        out.append(f"| {TITLES[row]} | " + " | ".join(_fmt(_get(results, row, k)) for k, _ in SCORES) + " |")
+        out.append(f"| {CONDITION_TITLES[row]} | " + " | ".join(_fmt(_get(results, row, k)) for k, _ in SCORES) + " |")
     names = _class_names(results)
     if per_class and names:
         out += ["", "Per-class IoU (%):", "",
-                "| Class | " + " | ".join(TITLES[r] for r in ROWS) + " |",
+                "| Class | " + " | ".join(CONDITION_TITLES[r] for r in ROWS) + " |",
                 "|---|" + "---:|" * len(ROWS)]
         for n in names:
             vals = [(results.get(r) or {}).get("per_class_iou", {}).get(n) for r in ROWS]
@@ -72,16 +90,6 @@ def _class_names(results: Mapping[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------- images
-
-def colorize(label: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
-    """HxW class ids -> HxWx3 uint8 using ``palette``; ignore and unknown ids are black."""
-    label = np.asarray(label).astype(np.int64)
-    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    out = np.zeros(label.shape + (3,), np.uint8)
-    ok = (label >= 0) & (label < len(pal)) & (label != ignore_index)
-    out[ok] = pal[label[ok]]
-    return out
-
 
 def colorize_depth(depth: np.ndarray, cmap: str = "turbo") -> np.ndarray:
     """HxW depth (metres, NaN/<=0 invalid) -> HxWx3 uint8, near-to-far colormap, invalid black."""
@@ -116,7 +124,7 @@ def plot_examples(
 
     if not examples:
         raise ValueError("plot_examples needs at least one example")
-    cols = ["RGB", "Depth", "Ground truth"] + [f"Pred. {TITLES[c]}" for c in CONDITIONS]
+    cols = ["RGB", "Depth", "Ground truth"] + [f"Pred. {CONDITION_TITLES[c]}" for c in CONDITIONS]
     h, w = np.asarray(examples[0]["label"]).shape[:2]
     cell = 2.2
     legend_rows = 0 if not class_names else (len(class_names) + 6) // 6
@@ -124,9 +132,10 @@ def plot_examples(
                           cell * len(examples) * h / max(h, w) + 0.6 + 0.3 * legend_rows))
     axes = fig.subplots(len(examples), len(cols), squeeze=False)
     for i, ex in enumerate(examples):
-        panels = [np.asarray(ex["rgb"]), colorize_depth(ex["depth"]), colorize(ex["label"], palette, ignore_index)]
+        panels = [np.asarray(ex["rgb"]), colorize_depth(ex["depth"]),
+                  colorize(ex["label"], palette, ignore_index=ignore_index)]
         preds = ex.get("preds") or {}
-        panels += [colorize(preds[c], palette, ignore_index) if preds.get(c) is not None else None
+        panels += [colorize(preds[c], palette, ignore_index=ignore_index) if preds.get(c) is not None else None
                    for c in CONDITIONS]
         for j, img in enumerate(panels):
             ax = axes[i][j]
@@ -164,7 +173,7 @@ def plot_conditions(results: Mapping[str, Any], path: str | Path, *, title: str 
     for b, v in zip(bars, vals):
         ax.annotate(_fmt(v, 1), (b.get_x() + b.get_width() / 2, b.get_height()),
                     ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(xs, [TITLES[r] for r in ROWS])
+    ax.set_xticks(xs, [CONDITION_TITLES[r] for r in ROWS])
     ax.set_ylabel("mIoU (%)")
     ax.set_ylim(0, max(100.0, max((v or 0.0) for v in vals) * 1.1))
     ax.set_title(title, fontsize=10)
@@ -175,6 +184,30 @@ def plot_conditions(results: Mapping[str, Any], path: str | Path, *, title: str 
 
 
 # ---------------------------------------------------------------- files
+
+def _md_value(v: Any) -> Any:
+    """Lists read as sizes (``120x160``) when all integers, else joined with ``+`` (``rgb+depth``)."""
+    if isinstance(v, (list, tuple)):
+        numeric = all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        return ("x" if numeric else "+").join(map(str, v))
+    return v
+
+
+def write_metrics(out_dir: str | Path, results: Mapping[str, Any], *,
+                  info: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``metrics.json`` (results + ``info``) and ``metrics.md``; paths in ``info`` become portable."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = portable_info(info or {})
+    payload = {**{r: results.get(r) for r in ROWS}, "units": "percent", **info}
+    paths = {"json": out / "metrics.json", "md": out / "metrics.md"}
+    paths["json"].write_text(json.dumps(payload, indent=2) + "\n")
+    short = {k: _md_value(v) for k, v in info.items()
+             if not isinstance(v, dict) and not (isinstance(v, (list, tuple)) and len(v) > 4)}
+    header = "".join(f"- {k}: `{v}`\n" for k, v in short.items()) + "\n" if short else ""
+    paths["md"].write_text("# Evaluation\n\n" + header + markdown_table(results))
+    return paths
+
 
 def write_report(
     out_dir: str | Path,
@@ -187,23 +220,14 @@ def write_report(
     ignore_index: int = 255,
 ) -> dict[str, Path]:
     """Write ``metrics.json``, ``metrics.md``, ``metrics.png`` and (with examples) ``examples.png``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    info = dict(info or {})
-    payload = {**{r: results.get(r) for r in ROWS}, "units": "percent", **info}
-    paths = {"json": out / "metrics.json", "md": out / "metrics.md", "png": out / "metrics.png"}
-    paths["json"].write_text(json.dumps(payload, indent=2) + "\n")
-    header = ""
-    if info:
-        short = {k: ("+".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in info.items()
-                 if not isinstance(v, dict) and not (isinstance(v, (list, tuple)) and len(v) > 4)}
-        header = "\n".join(f"- {k}: `{v}`" for k, v in short.items()) + "\n\n"
-    paths["md"].write_text("# Evaluation\n\n" + header + markdown_table(results))
-    plot_conditions(results, paths["png"], title=f"mIoU per input condition ({info['split']})"
-                    if "split" in info else "mIoU per input condition")
+    if examples and palette is None:
+        raise ValueError("write_report needs a palette to draw examples")
+    info = portable_info(info or {})
+    paths = write_metrics(out_dir, results, info=info)
+    out = paths["json"].parent
+    paths["png"] = plot_conditions(results, out / "metrics.png", title=f"mIoU per input condition ({info['split']})"
+                                   if "split" in info else "mIoU per input condition")
     if examples:
-        if palette is None:
-            raise ValueError("write_report needs a palette to draw examples")
         paths["examples"] = plot_examples(examples, out / "examples.png", palette=palette,
                                           class_names=class_names, ignore_index=ignore_index)
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
@@ -223,19 +247,21 @@ def load_metrics(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def compare_runs(named_results: Mapping[str, Mapping[str, Any]], out_md: str | Path, out_png: str | Path) -> str:
-    """Combine several runs' metrics into one Markdown table and one grouped bar chart.
+def compare_runs(named_results: Mapping[str, Mapping[str, Any]], out_md: str | Path, out_png: str | Path,
+                 *, notes: str = "") -> str:
+    """Combine several runs' metrics into one Markdown file and one grouped bar chart.
 
     ``named_results``: run name -> metrics dict (``metrics.json`` content). The
     table follows the paper's Table 2 columns (RGB, Depth, RGBD, MM-Robust; mIoU
     in percent, "-" where not evaluated) plus mAcc and pixel accuracy of
-    MM-Robust. Returns the Markdown text.
+    MM-Robust. ``notes`` (Markdown) follow the table in the same file, which is
+    written once. Returns the Markdown text.
     """
     from matplotlib.figure import Figure
 
     if not named_results:
         raise ValueError("compare_runs needs at least one run")
-    order = ("rgb", "depth", "rgbd", "mm_robust")
+    order = ("rgb", "depth", "rgbd", "mm_robust")  # the paper's column order and names
     heads = ("RGB", "Depth", "RGBD", "MM-Robust")
     lines = ["| Method | " + " | ".join(f"{h} mIoU" for h in heads) + " | MM-Robust mAcc | MM-Robust Pix. Acc. |",
              "|---|" + "---:|" * (len(heads) + 2)]
@@ -243,7 +269,7 @@ def compare_runs(named_results: Mapping[str, Mapping[str, Any]], out_md: str | P
         vals = [_fmt(_get(res, r, "miou")) for r in order]
         vals += [_fmt(_get(res, "mm_robust", "macc")), _fmt(_get(res, "mm_robust", "pixel_acc"))]
         lines.append(f"| {name} | " + " | ".join(vals) + " |")
-    md = "\n".join(lines) + "\n"
+    md = "\n".join(lines) + "\n" + (f"\n{notes.rstrip()}\n" if notes.strip() else "")
     Path(out_md).write_text(md)
 
     names = list(named_results)

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 MODALITIES: tuple[str, str] = ("rgb", "depth")
 
-# Node modes -> presence (rgb, depth). ``no_input``: nothing is segmented or published.
+# Node modes -> presence (rgb, depth) of what is segmented. ``no_input``: nothing is segmented or
+# published. ``unsynced``: both streams are alive but their stamps never pair (offset beyond
+# ``sync_slop``), so RGB is segmented with the learned depth token; listed after ``rgb_only`` so
+# ``mode_for`` maps that presence to ``rgb_only``.
 MODE_PRESENCE: dict[str, tuple[bool, bool]] = {
     "rgbd": (True, True),
     "rgb_only": (True, False),
     "depth_only": (False, True),
     "no_input": (False, False),
+    "unsynced": (True, False),
 }
 MODES: tuple[str, ...] = tuple(MODE_PRESENCE)
-RGBD, RGB_ONLY, DEPTH_ONLY, NO_INPUT = MODES
+RGBD, RGB_ONLY, DEPTH_ONLY, NO_INPUT, UNSYNCED = MODES
 
 # Evaluation conditions -> presence (rgb, depth).
 CONDITION_PRESENCE: dict[str, tuple[bool, bool]] = {

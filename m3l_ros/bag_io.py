@@ -8,18 +8,19 @@ A camera frame becomes up to four messages with one shared stamp (the bag's
 log time equals the header stamp):
 
 * RGB ``rgb8`` image,
-* aligned depth ``16UC1`` in millimetres (REP 118: 0 is invalid),
-* a pinhole ``CameraInfo`` consistent with the image size,
+* aligned depth ``16UC1`` in millimetres (REP 118: 0 is invalid); input depth goes through
+  the project's one validity rule (``m3l_core.preprocess.depth_to_metres``: 0, NaN, +/-Inf,
+  65535 in uint16, optional ``max_depth``), so every invalid pixel is written as 0,
+* a ``CameraInfo`` from a calibration file (``m3l_ros.bag_camera_info``) or an ideal
+  pinhole consistent with the image size,
 * ground-truth class ids as ``mono8`` (255 = ignore) when the frame is labelled.
 
 The ground-truth message of a frame is written first, so a replay publishes it
-before the inputs and a downstream evaluator can use its arrival time as the
-moment the frame entered the system.
+before the inputs and an evaluator holds the ground truth when the labels come back.
 """
 from __future__ import annotations
 
 import logging
-import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,9 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from m3l_ros.image_codec import decode_message, encode_image
+from m3l_core.preprocess import depth_to_metres, depth_units_warning
+from m3l_ros.bag_camera_info import CameraCalibration, camera_info_msg, pinhole_calibration
+from m3l_ros.image_codec import encode_image
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,9 @@ class BagWriterConfig:
     start_ns: int = 1_700_000_000_000_000_000  # stamp of frame 0 (ns since epoch)
     frame_id: str = DEFAULT_FRAME_ID
     hfov_deg: float = 69.4  # D435 colour camera; only used to invent pinhole intrinsics
+    calibration: CameraCalibration | None = None  # real intrinsics; None = pinhole from hfov_deg
     write_labels: bool = True  # ground truth is written only for frames that have a label
+    max_depth: float | None = None  # metres; farther depth is written as invalid (0)
 
     def __post_init__(self) -> None:
         if self.storage not in STORAGES:
@@ -74,6 +79,11 @@ class BagWriterConfig:
             raise ValueError(f"hfov_deg must be in (0, 180), got {self.hfov_deg}")
         if self.start_ns < 0:
             raise ValueError(f"start_ns must be >= 0, got {self.start_ns}")
+        if self.max_depth is not None and not self.max_depth > 0:
+            raise ValueError(f"max_depth must be > 0 metres, got {self.max_depth}")
+
+    def calibration_for(self, height: int, width: int) -> CameraCalibration:
+        return self.calibration or pinhole_calibration(height, width, self.hfov_deg)
 
 
 @dataclass
@@ -115,6 +125,9 @@ class BagInfo:
 def depth_to_16uc1(depth_m: np.ndarray) -> np.ndarray:
     """float metres (NaN/Inf/<=0 invalid) -> uint16 millimetres with 0 = invalid (REP 118).
 
+    Apply :func:`m3l_core.preprocess.depth_to_metres` first for any other input
+    (:func:`frame_messages` does).
+
     Depth beyond 65.535 m cannot be represented in ``16UC1`` and becomes 0 (invalid)
     rather than being clipped to a wrong distance.
     """
@@ -128,12 +141,6 @@ def depth_to_16uc1(depth_m: np.ndarray) -> np.ndarray:
         ok &= r <= MAX_16UC1_MM
     mm[ok] = r[ok].astype(np.uint16)
     return mm
-
-
-def pinhole_intrinsics(height: int, width: int, hfov_deg: float) -> tuple[float, float, float, float]:
-    """(fx, fy, cx, cy) of an ideal pinhole with square pixels and the given horizontal FOV."""
-    fx = (width / 2.0) / math.tan(math.radians(hfov_deg) / 2.0)
-    return fx, fx, (width - 1) / 2.0, (height - 1) / 2.0
 
 
 def stamp_ns(config: BagWriterConfig, index: int) -> int:
@@ -165,31 +172,6 @@ def image_msg(ts, arr: np.ndarray, encoding: str, stamp: int, frame_id: str):
         step=int(step),
         data=np.frombuffer(data, dtype=np.uint8),
     )
-
-
-def camera_info_msg(ts, height: int, width: int, hfov_deg: float, stamp: int, frame_id: str):
-    """A distortion-free pinhole ``sensor_msgs/msg/CameraInfo`` for an image of this size."""
-    fx, fy, cx, cy = pinhole_intrinsics(height, width, hfov_deg)
-    CameraInfo = ts.types["sensor_msgs/msg/CameraInfo"]
-    Roi = ts.types["sensor_msgs/msg/RegionOfInterest"]
-    return CameraInfo(
-        header=_header(ts, stamp, frame_id),
-        height=int(height),
-        width=int(width),
-        distortion_model="plumb_bob",
-        d=np.zeros(5, dtype=np.float64),
-        k=np.array([fx, 0, cx, 0, fy, cy, 0, 0, 1], dtype=np.float64),
-        r=np.eye(3, dtype=np.float64).ravel(),
-        p=np.array([fx, 0, cx, 0, 0, fy, cy, 0, 0, 0, 1, 0], dtype=np.float64),
-        binning_x=0,
-        binning_y=0,
-        roi=Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
-    )
-
-
-def image_to_array(msg: Any) -> np.ndarray:
-    """Decode an Image message (rosbags or rclpy) with the project's codec (honours ``step``)."""
-    return decode_message(msg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,13 +206,17 @@ def frame_messages(ts, sample: dict, stamp: int, config: BagWriterConfig) -> lis
         if label.shape != shape or label.dtype != np.uint8:
             raise ValueError(f"frame {name!r}: label must be {shape} uint8, got {label.shape} {label.dtype}")
         out.append((topics.labels, "sensor_msgs/msg/Image", image_msg(ts, label, "mono8", stamp, config.frame_id)))
+    calib = config.calibration_for(*shape)
     out.append((
         topics.camera_info,
         "sensor_msgs/msg/CameraInfo",
-        camera_info_msg(ts, shape[0], shape[1], config.hfov_deg, stamp, config.frame_id),
+        camera_info_msg(ts, calib, shape[0], shape[1], stamp, config.frame_id, _header),
     ))
     if depth is not None:
-        mm = depth if depth.dtype == np.uint16 else depth_to_16uc1(depth)
+        try:
+            mm = depth_to_16uc1(depth_to_metres(depth, max_depth=config.max_depth))
+        except ValueError as e:
+            raise ValueError(f"frame {name!r}: {e}") from e
         out.append((topics.depth, "sensor_msgs/msg/Image", image_msg(ts, mm, "16UC1", stamp, config.frame_id)))
     if rgb is not None:
         out.append((topics.rgb, "sensor_msgs/msg/Image", image_msg(ts, rgb, "rgb8", stamp, config.frame_id)))
@@ -264,6 +250,7 @@ def write_frames(
     counts: dict[str, int] = {}
     n = 0
     first = last = None
+    units_checked = False  # the units check looks at the first depth frame of the bag
     writer.open()
     try:
         bar = tqdm(frames, total=total, desc=f"bag {path.name}", unit="frame", disable=not progress)
@@ -277,6 +264,11 @@ def write_frames(
                     raise ValueError(f"topic {topic!r} used for both {conn.msgtype} and {msgtype}")
                 writer.write(conn, stamp, ts.serialize_cdr(msg, msgtype))
                 counts[topic] = counts.get(topic, 0) + 1
+            if not units_checked and sample.get("depth") is not None:
+                units_checked = True
+                msg = depth_units_warning(depth_to_metres(np.asarray(sample["depth"])))
+                if msg:
+                    log.warning("%s: frame %r: %s", path, sample.get("name", i), msg)
             first = stamp if first is None else first
             last = stamp
             n += 1
@@ -293,7 +285,7 @@ def write_frames(
         shutil.rmtree(path, ignore_errors=True)
         raise ValueError(f"no frames to write to {path}")
     writer.close()
-    log.info("wrote %d frames to %s (%s): %s", n, path, config.storage, counts)
+    log.debug("wrote %d frames to %s (%s): %s", n, path, config.storage, counts)
     return BagSummary(path=path, storage=config.storage, frames=n, counts=counts, start_ns=first, end_ns=last)
 
 

@@ -132,18 +132,6 @@ class DropoutTracker:
         return any(w.topic == topic and w.active(t) for w in self.windows)
 
 
-def expected_counts(times_s: Iterable[float], topic: str, windows: Sequence[DropWindow]) -> tuple[int, int]:
-    """(published, suppressed) counts of ``topic`` messages at these bag times under ``windows``."""
-    tracker = DropoutTracker(windows)
-    pub = sup = 0
-    for t in times_s:
-        if tracker.suppressed(topic, t):
-            sup += 1
-        else:
-            pub += 1
-    return pub, sup
-
-
 @dataclass
 class PlaybackScheduler:
     """Maps bag time to a deadline on any monotonic clock, at ``rate`` x real time.

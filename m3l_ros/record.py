@@ -2,12 +2,18 @@
 
     python -m m3l_ros.record --out BAG --synthetic [--frames 120 --height 480 --width 640 --fps 15 --seed 0]
     python -m m3l_ros.record --out BAG --folder DIR --split test [--fps 15]
+        [--camera-info calib.yaml] [--repeat N] [--no-labels] [--max-depth M]
 
 The bag has the RealSense driver's topics unless renamed: ``rgb8`` colour,
-``16UC1`` aligned depth in millimetres (invalid = 0), ``camera_info`` and,
-for labelled frames, ground-truth class ids (``mono8``, 255 = ignore). Every
-frame's messages share one stamp, ``--start-time + i / fps``. ``ros2 bag play``
-and ``python -m m3l_ros.replay`` both play it.
+``16UC1`` aligned depth in millimetres (invalid = 0, by the project's one depth
+rule), ``camera_info`` (from ``--camera-info``, a camera_calibration YAML or a
+K/D JSON, else an ideal pinhole with ``--hfov``) and, unless ``--no-labels``,
+ground-truth class ids (``mono8``, 255 = ignore). Every frame's messages share
+one stamp, ``--start-time + i / fps``; ``--repeat N`` writes the frames N times
+over with stamps that keep increasing. ``ros2 bag play`` and
+``python -m m3l_ros.replay`` both play it.
+
+Exit codes: 0 written, 1 bad input data (frames, calibration), 2 bad arguments, 130 Ctrl-C.
 """
 from __future__ import annotations
 
@@ -16,8 +22,9 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from m3l_ros.bag_camera_info import load_calibration
 from m3l_ros.bag_io import STORAGES, BagSummary, BagTopics, BagWriterConfig, write_frames
 
 log = logging.getLogger("m3l_ros.record")
@@ -43,15 +50,26 @@ def synthetic_defaults() -> tuple[float, float]:
     return c.traj_fps, c.hfov_deg
 
 
-def folder_frames(root: str | Path, split: str, limit: int | None = None) -> tuple[Iterator[dict], int]:
-    """Raw samples of a folder-dataset split in split-file order (lazy), and their count."""
+def folder_frames(root: str | Path, split: str, limit: int | None = None, *,
+                  labeled: bool | None = None) -> tuple[Iterator[dict], int]:
+    """Raw samples of a folder-dataset split in split-file order (lazy), and their count.
+
+    ``labeled=False`` reads no label files (any split); None: the dataset's default.
+    """
     from m3l_core.data.folder import FolderDataset
 
-    ds = FolderDataset(root, split)
+    ds = FolderDataset(root, split, labeled=labeled)
     n = len(ds) if limit is None else min(limit, len(ds))
     if n == 0:
         raise ValueError(f"{Path(root) / 'splits' / (split + '.txt')}: split {split!r} has no samples")
     return (ds.load(i) for i in range(n)), n
+
+
+def repeated(make: Callable[[], Iterator[dict]], times: int) -> Iterator[dict]:
+    """The frames of ``make()`` ``times`` times over, re-created per pass (constant memory)."""
+    for k in range(times):
+        for sample in make():
+            yield dict(sample, name=f"{sample.get('name', '?')}#{k}") if times > 1 else sample
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,18 +94,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth-topic", default=d.depth)
     p.add_argument("--info-topic", default=d.camera_info)
     p.add_argument("--labels-topic", default=d.labels, help="ground-truth labels topic")
-    p.add_argument("--no-labels", action="store_true", help="do not write ground truth")
+    p.add_argument("--no-labels", action="store_true",
+                   help="write no ground truth and read no label files (any split)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="write the frames N times over, stamps increasing throughout (default 1)")
+    p.add_argument("--camera-info", type=Path, default=None,
+                   help="camera_calibration / camera_info_manager YAML, or a JSON with K and D "
+                        "(optionally width, height, R, P, distortion_model); replaces --hfov")
+    p.add_argument("--max-depth", type=float, default=None,
+                   help="depth beyond this many metres is written as invalid (0); default: no limit")
     p.add_argument("--frame-id", default="camera_color_optical_frame")
     p.add_argument("--hfov", type=float, default=None,
-                   help="horizontal FOV (deg) of the pinhole camera_info (default: the synthetic camera's, "
-                        "or 69.4 = RealSense D435 colour for folders)")
+                   help="horizontal FOV (deg) of the pinhole camera_info without --camera-info (default: the "
+                        "synthetic camera's, or 69.4 = RealSense D435 colour for folders)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
-def record(ns: argparse.Namespace) -> BagSummary:
+class UsageError(ValueError):
+    """A bad command-line argument (exit code 2)."""
+
+
+def check_args(ns: argparse.Namespace) -> None:
     if ns.out.exists():
-        raise FileExistsError(f"--out {ns.out} already exists; choose a new bag path")
+        raise UsageError(f"--out {ns.out} already exists; choose a new bag path")
+    if ns.frames is not None and ns.frames <= 0:
+        raise UsageError(f"--frames must be > 0, got {ns.frames}")
+    if ns.height <= 0 or ns.width <= 0:
+        raise UsageError(f"--height/--width must be > 0, got {ns.height}/{ns.width}")
+    if ns.repeat < 1:
+        raise UsageError(f"--repeat must be >= 1, got {ns.repeat}")
+    if ns.camera_info is not None and ns.hfov is not None:
+        raise UsageError("--camera-info and --hfov are exclusive (the calibration holds the field of view)")
+    if ns.camera_info is not None and not ns.camera_info.is_file():
+        raise UsageError(f"--camera-info {ns.camera_info}: file not found")
+    if ns.max_depth is not None and not ns.max_depth > 0:
+        raise UsageError(f"--max-depth must be > 0 metres, got {ns.max_depth}")
+    if ns.fps is not None and not ns.fps > 0:
+        raise UsageError(f"--fps must be > 0, got {ns.fps}")
+
+
+def record(ns: argparse.Namespace) -> BagSummary:
+    """Write the bag ``ns`` describes; ``UsageError`` for bad arguments, ``ValueError`` for bad data."""
+    check_args(ns)
     start = time.time() if ns.start_time is None else ns.start_time
     fps, hfov = synthetic_defaults() if ns.synthetic else (15.0, 69.4)
     fps = fps if ns.fps is None else ns.fps
@@ -99,29 +148,38 @@ def record(ns: argparse.Namespace) -> BagSummary:
         start_ns=int(round(start * 1e9)),
         frame_id=ns.frame_id,
         hfov_deg=hfov,
+        calibration=None if ns.camera_info is None else load_calibration(ns.camera_info),
         write_labels=not ns.no_labels,
+        max_depth=ns.max_depth,
     )
-    if ns.synthetic:
-        n = 120 if ns.frames is None else ns.frames
-        if n <= 0 or ns.height <= 0 or ns.width <= 0:
-            raise ValueError(f"--frames/--height/--width must be > 0, got {n}/{ns.height}/{ns.width}")
-        frames, total = synthetic_frames(seed=ns.seed, frames=n, height=ns.height, width=ns.width, fps=fps), n
-    else:
-        if ns.frames is not None and ns.frames <= 0:
-            raise ValueError(f"--frames must be > 0, got {ns.frames}")
-        frames, total = folder_frames(ns.folder, ns.split, ns.frames)
-    return write_frames(ns.out, frames, config=config, total=total, progress=not ns.no_progress)
+    labeled = False if ns.no_labels else None  # --no-labels: never read label files
+    n = (120 if ns.frames is None else ns.frames) if ns.synthetic else \
+        folder_frames(ns.folder, ns.split, ns.frames, labeled=labeled)[1]
+
+    def make() -> Iterator[dict]:  # one pass over the frames; --repeat makes several
+        if ns.synthetic:
+            return synthetic_frames(seed=ns.seed, frames=n, height=ns.height, width=ns.width, fps=fps)
+        return folder_frames(ns.folder, ns.split, ns.frames, labeled=labeled)[0]
+
+    return write_frames(ns.out, repeated(make, ns.repeat), config=config, total=n * ns.repeat,
+                        progress=not ns.no_progress)
 
 
 def main(args: list[str] | None = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(args)
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as e:  # --help (0) or an argparse usage error (2)
+        return int(e.code or 0)
     logging.basicConfig(level=logging.INFO, format="[record] %(message)s")
     try:
         summary = record(ns)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except KeyboardInterrupt:
+        print("interrupted; the partial bag was removed", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:  # UsageError: 2; bad data (DatasetError, CameraInfoError, frames): 1
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(err, UsageError) else 1
     span = (summary.end_ns - summary.start_ns) * 1e-9
     print(f"wrote {summary.frames} frames ({span:.2f} s) to {summary.path} [{summary.storage}]")
     for topic, n in summary.counts.items():

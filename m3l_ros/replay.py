@@ -173,8 +173,10 @@ class BagReplayer:
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from rclpy.qos import qos_profile_sensor_data
         from std_msgs.msg import String
+
+        from m3l_ros.procs import latched_qos
 
         self.node = node
         self.config = config
@@ -185,9 +187,9 @@ class BagReplayer:
         self.out_topics, drops = plan_topics(self.info, config)
         self.tracker = DropoutTracker(drops)
         self.scheduler = PlaybackScheduler(rate=config.rate)
-        reliability = ReliabilityPolicy.RELIABLE if config.qos == "reliable" else ReliabilityPolicy.BEST_EFFORT
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=config.qos_depth, reliability=reliability,
-                         durability=DurabilityPolicy.VOLATILE)
+        # An int is rclpy's default profile: RELIABLE, VOLATILE, KEEP_LAST(depth), as the RealSense
+        # driver publishes; Fast DDS delivers that at camera resolution without any profile variable.
+        qos = config.qos_depth if config.qos == "reliable" else qos_profile_sensor_data
         self.publishers: dict[str, Any] = {}
         self.restampable: dict[str, bool] = {}
         for topic in self.out_topics:
@@ -195,17 +197,14 @@ class BagReplayer:
             self.publishers[topic] = node.create_publisher(_msg_class(msgtype, topic), self.out_topics[topic], qos)
             self.restampable[topic] = msgtype_has_leading_header(msgtype)
         self._string = String
-        events_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
-                                durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.events = node.create_publisher(String, "~/events", events_qos)
+        self.events = node.create_publisher(String, "~/events", latched_qos(100))
         self.clock_pub = None
         if config.clock:
             from rosgraph_msgs.msg import Clock
 
             self._clock_msg = Clock
             # Reliable serves both reliable and best-effort /clock subscribers.
-            clock_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-            self.clock_pub = node.create_publisher(Clock, "/clock", clock_qos)
+            self.clock_pub = node.create_publisher(Clock, "/clock", 1)
         self._last_clock = -math.inf
         self.published = {t: 0 for t in self.out_topics}
         self.suppressed = {t: 0 for t in self.out_topics}

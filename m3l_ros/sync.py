@@ -15,6 +15,9 @@ is the node-clock arrival time (staleness). The current mode comes from
   (stamps only grow) and is dropped.
 * ``rgb_only`` / ``depth_only``: a frame of the live modality becomes a job
   by itself (the missing one takes the learned-token path).
+* ``unsynced`` (both alive, stamps never within ``slop``): every RGB frame
+  becomes a job by itself, with the learned depth token, and is still offered
+  for pairing; the first pair ends it (:attr:`ApproxTimePairer.last_paired_at`).
 * ``no_input``: nothing is produced.
 
 A frame whose arrival is older than its modality's timeout is never paired.
@@ -23,11 +26,12 @@ frames from the old timeline are dropped.
 """
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
-MODALITIES = ("rgb", "depth")
+from m3l_core.vocab import DEPTH_ONLY, MODALITIES, MODES, NO_INPUT, RGB_ONLY, RGBD, UNSYNCED
+
 EPS = 1e-9  # ROS stamps have nanosecond resolution; absorbs float rounding at the boundaries
 
 
@@ -58,10 +62,6 @@ class Job:
         return tuple(f for f in (self.rgb, self.depth) if f is not None)
 
 
-def _other(modality: str) -> str:
-    return "depth" if modality == "rgb" else "rgb"
-
-
 class ApproxTimePairer:
     """Pairs the newest RGB and depth frames; counts every frame it drops by reason.
 
@@ -77,8 +77,10 @@ class ApproxTimePairer:
         self.ready: Job | None = None
         self.last_stamp: dict[str, float | None] = {m: None for m in MODALITIES}
         self.drops: Counter[str] = Counter()
-        self.resets = 0
-        self.last_unpaired_offset: float | None = None  # rgb.stamp - depth.stamp of the last miss
+        self.pairs = 0
+        self.last_paired_at: float | None = None  # arrival (node clock) of the newest pair's later frame
+        # For recent misses: RGB's stamp-to-arrival offset minus depth's (see stamp_offset)
+        self.offsets: deque[float] = deque(maxlen=15)
 
     # -- public API -------------------------------------------------------
     def add(self, modality: str, frame: Frame, *, mode: str) -> bool:
@@ -91,11 +93,14 @@ class ApproxTimePairer:
             self._reset_after(frame.stamp)
             reset = True
         self.last_stamp[modality] = frame.stamp
-        if mode == "rgbd" and self._upgrade_ready(modality, frame):
+        if mode == RGBD and self._upgrade_ready(modality, frame):
             return reset
-        if self.pending[modality] is not None:
+        lone_rgb = mode == UNSYNCED and modality == "rgb"
+        if self.pending[modality] is not None and not lone_rgb:  # (in unsynced, a held RGB frame was a job)
             self.drops["superseded"] += 1
         self.pending[modality] = frame
+        if lone_rgb:
+            self._set_ready(Job(UNSYNCED, frame, None))
         self._match(mode)
         return reset
 
@@ -134,13 +139,24 @@ class ApproxTimePairer:
     def dropped(self) -> int:
         return sum(self.drops.values())
 
+    @property
+    def stamp_offset(self) -> float | None:
+        """How far RGB stamps run ahead of depth stamps for frames arriving together, in seconds
+        (median of recent misses; None after a pair). Comparing ``stamp - received`` of each
+        stream measures the clock offset itself, not the nearest frames' difference, which is
+        off by up to one frame period."""
+        if not self.offsets:
+            return None
+        values = sorted(self.offsets)
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
     # -- internals --------------------------------------------------------
     def _stale(self, modality: str, frame: Frame, now: float) -> bool:
         return now - frame.received > self.timeouts[modality] + EPS
 
     def _reset_after(self, stamp: float) -> None:
         """A stamp went back to ``stamp``: drop held frames from the old (later) timeline."""
-        self.resets += 1
         for m in MODALITIES:
             f = self.pending[m]
             if f is not None and f.stamp > stamp + self.slop:
@@ -156,15 +172,21 @@ class ApproxTimePairer:
     def _upgrade_ready(self, modality: str, frame: Frame) -> bool:
         """A returning stream's first frame joins the single-modality job still waiting for inference."""
         job = self.ready
-        if job is None or job.mode == "rgbd":
+        if job is None or job.mode not in (RGB_ONLY, DEPTH_ONLY):
             return False
         lone = job.primary
         lone_modality = "rgb" if job.rgb is not None else "depth"
         if lone_modality == modality or abs(lone.stamp - frame.stamp) > self.slop + EPS:
             return False
         rgb, depth = (lone, frame) if lone_modality == "rgb" else (frame, lone)
-        self.ready = Job("rgbd", rgb, depth)
+        self.ready = Job(RGBD, rgb, depth)
+        self._paired(rgb, depth)
         return True
+
+    def _paired(self, rgb: Frame, depth: Frame) -> None:
+        self.pairs += 1
+        self.last_paired_at = max(rgb.received, depth.received)
+        self.offsets.clear()
 
     def _set_ready(self, job: Job) -> None:
         if self.ready is not None:
@@ -173,25 +195,33 @@ class ApproxTimePairer:
 
     def _match(self, mode: str) -> None:
         rgb, depth = self.pending["rgb"], self.pending["depth"]
-        if mode == "rgbd":
+        if mode in (RGBD, UNSYNCED):
             if rgb is None or depth is None:
                 return
             offset = rgb.stamp - depth.stamp
             if abs(offset) <= self.slop + EPS:
-                self._set_ready(Job("rgbd", rgb, depth))
+                self._paired(rgb, depth)
+                job = self.ready
+                if mode == RGBD:
+                    self._set_ready(Job(RGBD, rgb, depth))
+                elif job is not None and job.rgb is rgb:  # unsynced: the lone RGB job gets its partner
+                    self.ready = Job(RGBD, rgb, depth)
+                # else that RGB frame was already segmented alone; the pair only ends ``unsynced``
                 self.pending = {m: None for m in MODALITIES}
             else:
                 # Stamps only grow, so the older frame can never find a partner.
-                self.last_unpaired_offset = offset
-                self.pending["depth" if offset > 0 else "rgb"] = None
-                self.drops["unpaired"] += 1
-        elif mode == "rgb_only":
+                self.offsets.append((rgb.stamp - rgb.received) - (depth.stamp - depth.received))
+                older = "depth" if offset > 0 else "rgb"
+                self.pending[older] = None
+                if not (mode == UNSYNCED and older == "rgb"):  # an unsynced RGB frame was segmented alone
+                    self.drops["unpaired"] += 1
+        elif mode == RGB_ONLY:
             if rgb is not None:
-                self._set_ready(Job("rgb_only", rgb, None))
+                self._set_ready(Job(RGB_ONLY, rgb, None))
                 self.pending["rgb"] = None
-        elif mode == "depth_only":
+        elif mode == DEPTH_ONLY:
             if depth is not None:
-                self._set_ready(Job("depth_only", None, depth))
+                self._set_ready(Job(DEPTH_ONLY, None, depth))
                 self.pending["depth"] = None
-        elif mode != "no_input":
-            raise ValueError(f"unknown mode {mode!r}")
+        elif mode != NO_INPUT:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")

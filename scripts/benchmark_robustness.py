@@ -9,21 +9,27 @@ Every variant trains with the same data, iterations, seed and model size
 best checkpoint on the validation split, and is evaluated on the test split by
 ``training/evaluate.py`` under RGB-D, RGB only and depth only. The combined
 table (Markdown), chart (PNG) and raw results (JSON) go to ``--out``, together
-with the exact command, the machine and the time each run took.
+with the exact command, the machine and the time each run took; paths in the results
+are relative to ``--work``.
+Exit codes: 0 done, 1 a step failed (its log is named), 2 usage error, 130 Ctrl-C.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
+
+from m3l_core.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
+from m3l_core.machine import describe_machine
+from m3l_core.report import compare_runs, load_metrics, portable_path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_speed import machine  # noqa: E402  (one description of the machine for every benchmark)
 
 # name -> (label in the table, training config)
 VARIANTS = {
@@ -40,25 +46,41 @@ VARIANTS = {
 INIT_FROM = {"lf_m3l_init": "lf_sup"}  # variant -> variant whose best checkpoint it starts from
 
 
+class StepFailed(RuntimeError):
+    """A data, training or evaluation command failed; the message names its log."""
+
+
 def run(cmd: list[str], log: Path) -> float:
-    """Run a command, tee its output to ``log``; return seconds taken; raise on failure."""
+    """Run a command with its output in ``log``; return the seconds taken; raise :class:`StepFailed`."""
     print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    t0 = time.time()
+    t0 = time.monotonic()
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-    dt = time.time() - t0
+    dt = time.monotonic() - t0
     if proc.returncode != 0:
-        tail = "".join(open(log).readlines()[-30:])
-        raise SystemExit(f"command failed ({proc.returncode}), see {log}:\n{tail}")
+        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
+        raise StepFailed(f"command failed ({proc.returncode}), see {log}:\n{tail}")
     return dt
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except (StepFailed, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark"), help="where the table, chart and JSON go")
     ap.add_argument("--work", default="/tmp/m3l_robustness", help="data, runs and evaluations")
     ap.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v not in INIT_FROM],
-                    choices=list(VARIANTS), help="default: the six single-stage runs; add lf_m3l_init for the two-stage one")
+                    choices=list(VARIANTS),
+                    help="default: the six single-stage runs; add lf_m3l_init for the two-stage one")
     ap.add_argument("--iters", type=int, default=600, help="training iterations, the same for every variant")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--labeled", type=int, default=24, help="labeled training frames (small, as in the paper)")
@@ -73,6 +95,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true",
                     help="keep variants already trained and evaluated in --work with the same settings")
     args = ap.parse_args(argv)
+    for name in args.variants:
+        if name in INIT_FROM and INIT_FROM[name] not in args.variants:
+            ap.error(f"variant {name} starts from {INIT_FROM[name]}: include it in --variants")
 
     py = sys.executable
     work, out = Path(args.work), Path(args.out)
@@ -91,9 +116,6 @@ def main(argv=None) -> int:
         spec_file.write_text(json.dumps(data_spec))
         timings["data"] = {"seconds": dt}
 
-    for name in args.variants:
-        if name in INIT_FROM and INIT_FROM[name] not in args.variants:
-            ap.error(f"variant {name} starts from {INIT_FROM[name]}: include it in --variants")
     args.variants = sorted(args.variants, key=lambda n: n in INIT_FROM)  # their sources first
     timings_file = work / "timings.json"
     settings = dict(data=data_spec, iters=args.iters, eval_every=args.eval_every, set=args.set)
@@ -105,11 +127,12 @@ def main(argv=None) -> int:
         eval_dir = work / "eval" / name
         if name in done and done[name].get("settings") == settings and (eval_dir / "metrics.json").exists():
             timings[name] = done[name]
-            results[label] = json.loads((eval_dir / "metrics.json").read_text())
+            results[label] = _relative_to_work(load_metrics(eval_dir / "metrics.json"), name)
             print(f"{label}: reusing {run_dir}", flush=True)
             continue
         train_cmd = [py, "training/train_m3l.py", "--config", f"config/train/{config}", "--data", str(data),
-                     "--out", str(run_dir), "--set", f"max_iters={args.iters}", "--set", f"eval_every={args.eval_every}",
+                     "--out", str(run_dir), "--set", f"max_iters={args.iters}",
+                     "--set", f"eval_every={args.eval_every}",
                      "--set", f"seed={args.seed}", "--set", "progress=false"]
         for s in args.set:
             train_cmd += ["--set", s]
@@ -117,38 +140,54 @@ def main(argv=None) -> int:
             train_cmd += ["--set", f"model.init={work / 'runs' / INIT_FROM[name] / 'model.safetensors'}",
                           "--set", "optim.lr=1e-4"]
         if run_dir.exists():
-            import shutil
-
             shutil.rmtree(run_dir)
         t_train = run(train_cmd, work / f"train_{name}.log")
-        t_eval = run([py, "training/evaluate.py", "--checkpoint", str(run_dir / "model.safetensors"), "--data", str(data),
-                      "--split", "test", "--out", str(eval_dir), "--num-examples", "4"], work / f"eval_{name}.log")
+        t_eval = run([py, "training/evaluate.py", "--checkpoint", str(run_dir / "model.safetensors"),
+                      "--data", str(data), "--split", "test", "--out", str(eval_dir), "--num-examples", "4"],
+                     work / f"eval_{name}.log")
         timings[name] = {"train_seconds": t_train, "eval_seconds": t_eval, "settings": settings}
         done[name] = timings[name]
         timings_file.write_text(json.dumps(done, indent=2))
-        results[label] = json.loads((eval_dir / "metrics.json").read_text())
+        results[label] = _relative_to_work(load_metrics(eval_dir / "metrics.json"), name)
         print(f"{label}: trained in {t_train / 60:.1f} min, evaluated in {t_eval:.0f} s", flush=True)
 
-    from m3l_core.report import compare_runs
-
-    table = compare_runs(results, out / "robustness.md", out / "robustness.png")
     # The sum of the measured steps, so that reused runs count with the time they took.
     total = sum(t.get("seconds", 0.0) + t.get("train_seconds", 0.0) + t.get("eval_seconds", 0.0)
                 for t in timings.values())
-    command = "python scripts/benchmark_robustness.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    summary = dict(command=command.strip(), machine=machine(), data=data_spec, iters=args.iters,
+    command = "python scripts/benchmark_robustness.py " + " ".join(
+        shlex.quote(a) for a in _portable_args(sys.argv[1:] if argv is None else argv))
+    summary = dict(command=command.strip(), machine=describe_machine(), data=data_spec, iters=args.iters,
                    timings=timings, total_seconds=total, results=results)
     (out / "robustness.json").write_text(json.dumps(summary, indent=2))
-    lines = [table, "", f"Command: `{summary['command']}`", "", f"Machine: {summary['machine']}", "",
+    notes = [f"Command: `{summary['command']}`", "", f"Machine: {summary['machine']}", "",
              f"Total time: {total / 60:.1f} min (data, {len(args.variants)} trainings of {args.iters} iterations, "
              "evaluations; the sum of the runs below).", "", "| run | train min | eval s |", "|---|---|---|"]
     for name, t in timings.items():
         if name != "data":
-            lines.append(f"| {VARIANTS[name][0]} | {t['train_seconds'] / 60:.1f} | {t['eval_seconds']:.0f} |")
-    (out / "robustness.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nwrote {out / 'robustness.md'}, {out / 'robustness.png'}, {out / 'robustness.json'}")
-    return 0
+            notes.append(f"| {VARIANTS[name][0]} | {t['train_seconds'] / 60:.1f} | {t['eval_seconds']:.0f} |")
+    md = compare_runs(results, out / "robustness.md", out / "robustness.png", notes="\n".join(notes))
+    print(md)
+    print(f"wrote {out / 'robustness.md'}, {out / 'robustness.png'}, {out / 'robustness.json'}")
+    return EXIT_OK
+
+
+def _portable_args(argv: Sequence[str]) -> list[str]:
+    """The command line as recorded: directory arguments without machine paths."""
+    out, previous = [], ""
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        if previous in ("--work", "--out"):
+            arg = portable_path(arg)
+        elif eq and flag in ("--work", "--out"):
+            arg = f"{flag}={portable_path(value)}"
+        out.append(arg)
+        previous = arg
+    return out
+
+
+def _relative_to_work(metrics: dict, name: str) -> dict:
+    """A variant's metrics with its checkpoint and data named as in --work (no machine paths)."""
+    return {**metrics, "checkpoint": f"runs/{name}/model.safetensors", "data": "data"}
 
 
 if __name__ == "__main__":

@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
-"""Speed benchmark: the compared things run side by side in one run, ratios printed.
+"""Speed of every backend, side by side in ONE run: round-robin, medians, ratios printed.
 
-    python scripts/benchmark_speed.py                    # everything, current device
-    python scripts/benchmark_speed.py --device cuda --backbones mit_b0 mit_b2
-    python scripts/benchmark_speed.py --skip-node --out docs/benchmark_speed_cpu.md
+    python scripts/benchmark_speed.py                                  # the full matrix (slow)
+    python scripts/benchmark_speed.py --backbones mit_b0 --threads 2 --rounds 3 --out /tmp/b.md
 
-Measures, at 480x640 and batch 1:
-1. uni-modal SegFormer vs Linear Fusion (RGB-D) vs Linear Fusion with depth
-   missing (learned token), per backbone. Runs are interleaved round-robin so
-   that machine noise hits all variants alike; the median is reported.
-2. fp32 vs reduced precision (bf16 on CPU; fp16 and bf16 on CUDA), with the
-   fraction of pixels whose label agrees with fp32.
-3. The ROS node end to end (publish -> labels received) vs the bare
-   ``Segmenter.predict`` on the same frames (needs rclpy; ``--skip-node``).
+Each variant is ``Segmenter.predict`` on a 480x640 synthetic RGB-D frame (preprocessing, the
+network and the argmax included) for: backbone (MiT-B0, MiT-B2) x model (uni-modal RGB
+SegFormer, Linear Fusion RGB-D) x threads (1, 2) x backend/precision (torch fp32/bf16, ONNX
+Runtime fp32, OpenVINO fp32/bf16; with ``--device cuda``: torch fp32/fp16 and TensorRT fp16).
+Models have seeded random weights (no trained MiT-B2 is shipped); they are saved as
+checkpoints with a 480x640 input size and loaded through ``Segmenter.from_checkpoint``, so the
+real export path (and its conversion time) is measured.
+
+Round-robin: every round runs every variant once, in a rotated order; the medians over rounds
+are reported. Load-aware: the 1-minute load average and this process's CPU time per call are
+recorded, so a loaded machine shows up in the output instead of in a silent bias.
+Label agreement is measured against torch fp32 of the same model on the same frames.
 """
 from __future__ import annotations
 
@@ -22,196 +25,197 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from m3l_core.inference import autocast, resolve_device
+from m3l_core.checkpoint import save_checkpoint
+from m3l_core.inference import Segmenter
 from m3l_core.model import LinearFusionSegFormer, ModelConfig
+from m3l_core.preprocess import Preprocessing
+
+# (backend, precision) in report order; torch fp32 first: everything is compared with it.
+CPU_VARIANTS = (("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"),
+                ("openvino", "bf16"))
+GPU_VARIANTS = (("torch", "fp32"), ("torch", "fp16"), ("tensorrt", "fp16"))
+BACKEND_VARIANTS = CPU_VARIANTS + GPU_VARIANTS[1:]
+KINDS = {"uni": ("rgb",), "LF": ("rgb", "depth")}
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+@dataclass
+class Variant:
+    backbone: str
+    kind: str
+    threads: int
+    backend: str
+    precision: str
+    load_s: float = 0.0
+    ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+    agreement: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone} {self.kind} {self.threads}t {self.backend} {self.precision}"
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.ms)
 
 
-def interleaved_times(fns: dict[str, callable], device: torch.device, warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Time each callable ``repeats`` times, round-robin, after ``warmup`` calls each."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    sync(device)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append((time.perf_counter() - t0) * 1000.0)
-    return times
-
-
-def model_pair(backbone: str, num_classes: int, device: torch.device):
+def make_checkpoint(folder: Path, backbone: str, kind: str, size: tuple[int, int], num_classes: int = 13) -> Path:
     torch.manual_seed(0)
-    lf = LinearFusionSegFormer(ModelConfig(backbone=backbone, num_classes=num_classes)).to(device).eval()
-    torch.manual_seed(0)
-    uni = LinearFusionSegFormer(ModelConfig(backbone=backbone, num_classes=num_classes, modalities=("rgb",),
-                                            missing_token=False)).to(device).eval()
-    return lf, uni
+    mods = KINDS[kind]
+    model = LinearFusionSegFormer(ModelConfig(backbone=backbone, num_classes=num_classes, modalities=mods,
+                                              missing_token=len(mods) == 2, drop_path_rate=0.0))
+    path = folder / f"{backbone}_{kind}.safetensors"
+    save_checkpoint(path, model.eval(), class_names=[f"c{i}" for i in range(num_classes)],
+                    preprocessing=Preprocessing(input_size=size))
+    return path
 
 
-def bench_fusion_cost(backbones, size, device, warmup, repeats) -> list[dict]:
-    h, w = size
-    rows = []
-    rgb = torch.randn(1, 3, h, w, device=device)
-    depth = torch.randn(1, 1, h, w, device=device)
-    both = torch.tensor([[True, True]], device=device)
-    no_depth = torch.tensor([[True, False]], device=device)
-    no_rgb = torch.tensor([[False, True]], device=device)
-    for bb in backbones:
-        lf, uni = model_pair(bb, 13, device)
-        with torch.inference_mode():
-            fns = {
-                "uni-modal RGB": lambda: uni(rgb, None),
-                "LF RGB-D": lambda: lf(rgb, depth, both),
-                "LF depth missing": lambda: lf(rgb, depth, no_depth),
-                "LF RGB missing": lambda: lf(rgb, depth, no_rgb),
-            }
-            t = interleaved_times(fns, device, warmup, repeats)
-        base = statistics.median(t["uni-modal RGB"])
-        full = statistics.median(t["LF RGB-D"])
-        for name, vals in t.items():
-            med = statistics.median(vals)
-            rows.append(dict(backbone=bb, variant=name, median_ms=med, p90_ms=float(np.percentile(vals, 90)),
-                             vs_unimodal=med / base, vs_lf_full=med / full))
-        del lf, uni
-    return rows
+def frames(n: int, size: tuple[int, int]) -> list[dict]:
+    from m3l_core.data.synthetic import render_frame
 
-
-def bench_precision(backbone, size, device, warmup, repeats) -> list[dict]:
-    h, w = size
-    lf, _ = model_pair(backbone, 13, device)
-    g = torch.Generator().manual_seed(0)
-    rgb = torch.randn(1, 3, h, w, generator=g).to(device)
-    depth = torch.rand(1, 1, h, w, generator=g).to(device)
-    precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
-
-    def run(p):
-        with torch.inference_mode(), autocast(device, p):
-            return lf(rgb, depth)["ensemble"].float().argmax(1)
-
-    ref = run("fp32")
-    t = interleaved_times({p: (lambda p=p: run(p)) for p in precisions}, device, warmup, repeats)
-    base = statistics.median(t["fp32"])
-    rows = []
-    for p in precisions:
-        agree = float((run(p) == ref).float().mean())
-        med = statistics.median(t[p])
-        rows.append(dict(backbone=backbone, precision=p, median_ms=med, vs_fp32=med / base, label_agreement=agree))
-    return rows
-
-
-def bench_node(checkpoint: str | None, device: str, frames: int, size) -> dict:
-    """End-to-end node latency vs bare Segmenter.predict on the same frames."""
-    from m3l_core.inference import Segmenter
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from node_latency import measure_node_latency  # noqa: E402
-
-    ckpt = checkpoint or str(Path(__file__).resolve().parents[1] / "m3l_ros" / "models" / "demo.safetensors")
-    seg = Segmenter.from_checkpoint(ckpt, device=device)
-    h, w = size
     rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-    depth = rng.integers(500, 4000, (h, w)).astype(np.uint16)
-    for _ in range(2):
-        seg.predict(rgb=rgb, depth=depth)
-    bare = []
-    for _ in range(frames):
-        t0 = time.perf_counter()
-        seg.predict(rgb=rgb, depth=depth)
-        bare.append((time.perf_counter() - t0) * 1000.0)
-    node = measure_node_latency(ckpt, device=device, frames=frames, size=size, rgb=rgb, depth=depth)
-    bare_med = statistics.median(bare)
-    node_med = statistics.median(node)
-    return dict(checkpoint=ckpt, frames=frames, bare_median_ms=bare_med, node_median_ms=node_med,
-                node_p95_ms=float(np.percentile(node, 95)), overhead_ms=node_med - bare_med,
-                ratio=node_med / bare_med)
+    return [render_frame(rng, size[0], size[1]) for _ in range(n)]
+
+
+def load_avg() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    cpu = platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {os.cpu_count()} logical cores, {platform.system()}, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    import onnxruntime
+    import openvino
+
+    return (f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__.split('-')[0]}")
 
 
-def to_markdown(result: dict) -> str:
-    lines = [f"Device: `{result['device']}` — {result['machine']}", "",
-             f"Input {result['size'][0]}x{result['size'][1]}, batch 1, median of {result['repeats']} interleaved runs.", "",
-             "| backbone | variant | median ms | p90 ms | x uni-modal | x LF RGB-D |", "|---|---|---|---|---|---|"]
-    for r in result["fusion"]:
-        lines.append(f"| {r['backbone']} | {r['variant']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
-                     f"{r['vs_unimodal']:.2f} | {r['vs_lf_full']:.2f} |")
-    lines += ["", "| backbone | precision | median ms | x fp32 | label agreement with fp32 |", "|---|---|---|---|---|"]
-    for r in result["precision"]:
-        lines.append(f"| {r['backbone']} | {r['precision']} | {r['median_ms']:.1f} | {r['vs_fp32']:.2f} | "
-                     f"{100 * r['label_agreement']:.2f}% |")
-    if result.get("node"):
-        n = result["node"]
-        lines += ["", "| path | median ms | |", "|---|---|---|",
-                  f"| bare `Segmenter.predict` | {n['bare_median_ms']:.1f} | |",
-                  f"| node end to end (publish -> labels) | {n['node_median_ms']:.1f} | p95 {n['node_p95_ms']:.1f} |",
-                  f"| node overhead | {n['overhead_ms']:.1f} | x{n['ratio']:.2f} |"]
+def run(args) -> dict:
+    size = (args.height, args.width)
+    data = frames(args.frames, size)
+    segs: dict[str, Segmenter] = {}
+    variants: list[Variant] = []
+    tmp = Path(tempfile.mkdtemp(prefix="m3l_speed_"))
+    for bb in args.backbones:
+        for kind in args.kinds:
+            ckpt = make_checkpoint(tmp, bb, kind, size)
+            for n in args.threads:
+                ref_labels = None
+                for backend, precision in BACKEND_VARIANTS:
+                    if (backend, precision) not in args.variants:
+                        continue
+                    v = Variant(bb, kind, n, backend, precision)
+                    t0 = time.perf_counter()
+                    seg = Segmenter.from_checkpoint(ckpt, device=args.device, precision=precision, backend=backend,
+                                                    num_threads=n)
+                    v.load_s = time.perf_counter() - t0
+                    labels = [seg.predict(rgb=f["rgb"], depth=f["depth"] if kind == "LF" else None) for f in data]
+                    if ref_labels is None and (backend, precision) == ("torch", "fp32"):
+                        ref_labels = labels
+                    if ref_labels is not None:
+                        v.agreement = float(np.mean([(a == b).mean() for a, b in zip(labels, ref_labels)]))
+                    segs[v.name] = seg
+                    variants.append(v)
+                    print(f"loaded {v.name:40s} in {v.load_s:6.1f} s   labels = torch fp32: "
+                          f"{'-' if v.agreement is None else f'{100 * v.agreement:.2f} %'}", flush=True)
+    loads = []
+    for r in range(args.rounds):
+        loads.append(load_avg())
+        shift = r % len(variants)
+        for v in variants[shift:] + variants[:shift]:  # rotated: no variant always runs first/last
+            seg = segs[v.name]
+            torch.set_num_threads(v.threads)  # the torch runners share the process-wide setting
+            f = data[r % len(data)]
+            c0, t0 = time.process_time(), time.perf_counter()
+            seg.predict(rgb=f["rgb"], depth=f["depth"] if v.kind == "LF" else None)
+            t1, c1 = time.perf_counter(), time.process_time()
+            if r >= args.warmup_rounds:
+                v.ms.append((t1 - t0) * 1000)
+                v.cpu_ms.append((c1 - c0) * 1000)
+        print(f"round {r + 1}/{args.rounds} done (load average {loads[-1]:.2f})", flush=True)
+    return dict(machine=machine(), size=size, rounds=args.rounds - args.warmup_rounds, loadavg=loads,
+                variants=[asdict(v) | {"name": v.name, "median_ms": v.median} for v in variants])
+
+
+def to_markdown(res: dict) -> str:
+    vs = res["variants"]
+    by = {(v["backbone"], v["kind"], v["threads"], v["backend"], v["precision"]): v for v in vs}
+    loads = [x for x in res["loadavg"] if x == x]
+    lines = [f"Machine: {res['machine']}.", "",
+             f"Input {res['size'][0]}x{res['size'][1]}, batch 1, `Segmenter.predict` (preprocessing + network + argmax), "
+             f"median of {res['rounds']} round-robin rounds; 1-minute load average during the run "
+             f"{min(loads):.1f}-{max(loads):.1f} (2 cores shared with other users).", "",
+             "| backbone | model | threads | backend | median ms | CPU ms | x vs torch fp32 | labels = torch fp32 | load s |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for v in vs:
+        base = by.get((v["backbone"], v["kind"], v["threads"], "torch", "fp32"))
+        speed = f"{base['median_ms'] / v['median_ms']:.2f}" if base else "-"
+        agree = "-" if v["agreement"] is None else f"{100 * v['agreement']:.2f} %"
+        lines.append(f"| {v['backbone']} | {v['kind']} | {v['threads']} | {v['backend']} {v['precision']} | "
+                     f"{v['median_ms']:.0f} | {statistics.median(v['cpu_ms']):.0f} | {speed} | {agree} | {v['load_s']:.1f} |")
+    lines += ["", "LF / uni-modal time ratio per backend (same backbone and threads):", "",
+              "| backbone | threads | backend | uni ms | LF ms | LF / uni |", "|---|---:|---|---:|---:|---:|"]
+    for v in vs:
+        if v["kind"] != "LF":
+            continue
+        uni = by.get((v["backbone"], "uni", v["threads"], v["backend"], v["precision"]))
+        if uni:
+            lines.append(f"| {v['backbone']} | {v['threads']} | {v['backend']} {v['precision']} | "
+                         f"{uni['median_ms']:.0f} | {v['median_ms']:.0f} | {v['median_ms'] / uni['median_ms']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def main(args: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="auto")
     ap.add_argument("--backbones", nargs="+", default=["mit_b0", "mit_b2"])
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N] (scripts/gpu_check.sh)")
+    ap.add_argument("--variants", nargs="+", default=None,
+                    help="backend:precision pairs (default: all CPU ones on the CPU, "
+                         "torch:fp32 torch:fp16 tensorrt:fp16 on CUDA)")
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=640)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--precision-backbone", default="mit_b0")
-    ap.add_argument("--skip-node", action="store_true")
-    ap.add_argument("--node-checkpoint", default=None, help="default: the bundled demo model")
-    ap.add_argument("--node-frames", type=int, default=20)
-    ap.add_argument("--out", default=None, help="write a Markdown table here (and JSON next to it)")
-    args = ap.parse_args(argv)
-
-    device = resolve_device(args.device)
-    size = (args.height, args.width)
-    result = dict(device=str(device), machine=machine(), size=size, repeats=args.repeats)
-    print(f"# {result['machine']} on {device}", flush=True)
-    result["fusion"] = bench_fusion_cost(args.backbones, size, device, args.warmup, args.repeats)
-    for r in result["fusion"]:
-        print(f"{r['backbone']:7s} {r['variant']:18s} {r['median_ms']:8.1f} ms   x{r['vs_unimodal']:.2f} vs uni-modal"
-              f"   x{r['vs_lf_full']:.2f} vs LF RGB-D", flush=True)
-    result["precision"] = bench_precision(args.precision_backbone, size, device, args.warmup, args.repeats)
-    for r in result["precision"]:
-        print(f"{r['backbone']:7s} {r['precision']:5s} {r['median_ms']:8.1f} ms   x{r['vs_fp32']:.2f} vs fp32"
-              f"   labels agree {100 * r['label_agreement']:.2f}%", flush=True)
-    if not args.skip_node:
-        result["node"] = bench_node(args.node_checkpoint, str(device), args.node_frames, size)
-        n = result["node"]
-        print(f"node end-to-end {n['node_median_ms']:.1f} ms vs bare {n['bare_median_ms']:.1f} ms: "
-              f"overhead {n['overhead_ms']:.1f} ms (x{n['ratio']:.2f})", flush=True)
-    if args.out:
-        out = Path(args.out)
+    ap.add_argument("--frames", type=int, default=3, help="synthetic frames (agreement is over all of them)")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--warmup-rounds", type=int, default=1)
+    ap.add_argument("--out", default=None, help="write Markdown here (and JSON next to it)")
+    try:
+        ns = ap.parse_args(args)
+        default = CPU_VARIANTS if ns.device == "cpu" else GPU_VARIANTS
+        ns.variants = [tuple(v.split(":")) for v in ns.variants] if ns.variants else list(default)
+        bad = [v for v in ns.variants if v not in BACKEND_VARIANTS]
+        if bad or ns.rounds <= ns.warmup_rounds or min(ns.threads) < 1:
+            ap.error(f"unknown variants {bad}" if bad else "need --rounds > --warmup-rounds and --threads >= 1")
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        res = run(ns)
+    except KeyboardInterrupt:
+        return 130
+    md = to_markdown(res)
+    print(md)
+    if ns.out:
+        out = Path(ns.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(to_markdown(result))
-        out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        out.write_text(md)
+        out.with_suffix(".json").write_text(json.dumps(res, indent=1))
         print(f"wrote {out}")
     return 0
 

@@ -29,15 +29,19 @@ import argparse
 import importlib.util
 import json
 import os
-import random
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+try:
+    from m3l_ros.procs import Child, ChildError, GraphProbe, domain_id_from_env, latched_qos, python_child, ros_env
+except ImportError as _err:  # pragma: no cover - a clear message instead of a traceback
+    sys.exit(f"demo: the m3l_ros package is not importable by {sys.executable} ({_err}); run `make demo` "
+             "(or `pip install --no-deps .` in your venv) first")
 
 RGB_TOPIC = "/camera/camera/color/image_raw"
 DEPTH_TOPIC = "/camera/camera/aligned_depth_to_color/image_raw"
@@ -64,74 +68,12 @@ class DemoConfig:
     startup_timeout: float = 180.0  # node start (torch import + model load) on a busy 2-core machine
 
 
-class StepError(RuntimeError):
+class StepError(ChildError):
     """A demo step failed; the message says which and shows its log."""
 
 
 class Stop(Exception):
     """SIGTERM (SIGINT arrives as KeyboardInterrupt)."""
-
-
-# -- processes ------------------------------------------------------------------------------
-class Child:
-    """A child process with its output in ``logs/<name>.log``, in its own session.
-
-    Its own session keeps a terminal Ctrl-C away from it, so this script decides the order
-    of shutdown. Only this PID is ever signalled.
-    """
-
-    def __init__(self, name: str, argv: list[str], *, env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.argv = argv
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def tail(self, lines: int = 25) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        try:
-            text = self.log_path.read_text(errors="replace").rstrip().splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join("    " + ln for ln in text[-lines:]) or "    (empty log)"
-
-    def fail(self, what: str) -> StepError:
-        return StepError(f"{what}\n  command: {' '.join(self.argv)}\n  last lines of {self.log_path}:\n{self.tail()}")
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGINT and wait; SIGKILL if it does not exit. Returns the exit code (None if it had to be killed)."""
-        rc = self.proc.poll()
-        if rc is None:
-            self.proc.send_signal(signal.SIGINT)
-            rc = self.wait(timeout)
-            if rc is None:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        return rc
-
-
-def child_env(domain_id: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1",
-               RCUTILS_COLORIZED_OUTPUT="0")
-    env.pop("ROS_PYTHON_CHECK_FIELDS", None)  # makes assigning large image data ~100x slower
-    spec = importlib.util.find_spec("m3l_ros")
-    if spec is not None and spec.origin is not None:  # the children import the m3l_ros this script found
-        root = str(Path(spec.origin).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return env
 
 
 def bundled_checkpoint() -> Path:
@@ -144,29 +86,23 @@ def bundled_checkpoint() -> Path:
 
 
 # -- live monitor -----------------------------------------------------------------------------
-class Monitor:
+class Monitor(GraphProbe):
     """An rclpy node in this process: waits for the graph and prints mode changes and replay events live."""
 
     def __init__(self, domain_id: int, say: Callable[[str], None]) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from rclpy.signals import SignalHandlerOptions
+        from diagnostic_msgs.msg import DiagnosticArray
         from std_msgs.msg import String
 
+        super().__init__(domain_id, "m3l_demo_monitor")
         self.say = say
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node("m3l_demo_monitor", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        latched = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.mode: str | None = None
         self.t_start: float | None = None  # wall time of the replay's "start" event
         self.finished = False
-        self.node.create_subscription(String, f"{NODE}/mode", self._on_mode, latched)
-        self.node.create_subscription(String, EVENTS_TOPIC, self._on_event, latched)
+        self.diagnostics: dict[str, str] = {}
+        self.subscribe("mode", String, f"{NODE}/mode", latched_qos(50), callback=self._on_mode)
+        self.subscribe("events", String, EVENTS_TOPIC, latched_qos(50), callback=self._on_event)
+        self.class_names = self.subscribe("class_names", String, f"{NODE}/class_names", latched_qos())
+        self.subscribe("diagnostics", DiagnosticArray, "/diagnostics", 10, callback=self._on_diagnostics)
 
     def _t(self) -> str:
         return "      " if self.t_start is None else f"{time.time() - self.t_start:5.1f}s"
@@ -176,6 +112,11 @@ class Monitor:
             if self.mode is not None:
                 self.say(f"  {self._t()}  node mode -> {msg.data}")
             self.mode = msg.data
+
+    def _on_diagnostics(self, msg) -> None:
+        for st in msg.status:
+            if st.name.startswith(NODE):
+                self.diagnostics = {kv.key: kv.value for kv in st.values}
 
     def _on_event(self, msg) -> None:
         try:
@@ -196,22 +137,11 @@ class Monitor:
     def count_subscribers(self, topic: str) -> int:
         return self.node.count_subscribers(topic)
 
-    def spin_until(self, pred: Callable[[], bool], timeout: float, children: list[Child], what: str) -> None:
+    def wait(self, pred: Callable[[], bool], timeout: float, children: list[Child], what: str) -> None:
         """Spin until ``pred()``; a child exiting early or the timeout is a StepError naming ``what``."""
-        end = time.monotonic() + timeout
-        while not pred():
-            for c in children:
-                if not c.alive():
-                    raise c.fail(f"{c.name} exited with code {c.proc.returncode} while waiting for {what}")
-            if time.monotonic() > end:
-                raise StepError(f"timed out after {timeout:.0f} s waiting for {what}; logs: "
-                                + ", ".join(str(c.log_path) for c in children))
-            self.executor.spin_once(timeout_sec=0.05)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.context.try_shutdown()
+        if not self.spin_until(pred, timeout, children=children, what=what):
+            raise StepError(f"timed out after {timeout:.0f} s waiting for {what}; logs: "
+                            + ", ".join(str(c.log_path) for c in children))
 
 
 # -- the demo ---------------------------------------------------------------------------------
@@ -224,7 +154,10 @@ def run(cfg: DemoConfig, children: list[Child], say: Callable[[str], None]) -> i
                             "(m3l_ros/models/demo.safetensors) and installed with the package; `make demo` "
                             "reinstalls when it changed. Or pass --checkpoint PATH to a checkpoint of your own.")
         raise StepError(f"--checkpoint {ckpt}: file not found")
-    domain_id = _domain_id()
+    try:
+        domain_id = domain_id_from_env()
+    except ValueError as err:
+        raise StepError(str(err)) from None
     out = cfg.out.resolve()
     bag, report_dir, log_dir = out / "bag", out / "report", out / "logs"
     for d in (bag, report_dir, log_dir):
@@ -232,17 +165,16 @@ def run(cfg: DemoConfig, children: list[Child], say: Callable[[str], None]) -> i
             shutil.rmtree(d)
     log_dir.mkdir(parents=True)
     os.environ.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    env = child_env(domain_id)
-    py = sys.executable
+    env = ros_env(domain_id)
     say(f"M3L-ROS demo: model {ckpt}, ROS_DOMAIN_ID={domain_id} (localhost only), output in {out}")
 
     # 1. The bag.
     say(f"[1/5] writing a synthetic RGB-D bag: {cfg.frames} frames at {cfg.fps:g} fps, "
         f"{cfg.width}x{cfg.height}, {cfg.storage} -> {bag}")
-    rec = Child("record", [py, "-m", "m3l_ros.record", "--out", str(bag), "--synthetic", "--frames", str(cfg.frames),
-                           "--height", str(cfg.height), "--width", str(cfg.width), "--fps", str(cfg.fps),
-                           "--seed", str(cfg.seed), "--storage", cfg.storage, "--no-progress"],
-                env=env, log_dir=log_dir)
+    rec = python_child("m3l_ros.record", "--out", str(bag), "--synthetic", "--frames", str(cfg.frames),
+                       "--height", str(cfg.height), "--width", str(cfg.width), "--fps", str(cfg.fps),
+                       "--seed", str(cfg.seed), "--storage", cfg.storage, "--no-progress",
+                       env=env, log_path=log_dir / "record.log", name="record")
     children.append(rec)
     if rec.wait(300) != 0:
         raise rec.fail("writing the bag failed" if rec.proc.returncode is not None else "writing the bag timed out")
@@ -250,41 +182,45 @@ def run(cfg: DemoConfig, children: list[Child], say: Callable[[str], None]) -> i
 
     # 2. + 3. The node and the evaluator start together (both import torch).
     say("[2/5] starting segment_node and the replay evaluator")
-    node_argv = [py, "-m", "m3l_ros.segment_node", "--ros-args",
-                 "-r", f"rgb/image:={RGB_TOPIC}", "-r", f"depth/image:={DEPTH_TOPIC}",
+    node_argv = ["--ros-args", "-r", f"rgb/image:={RGB_TOPIC}", "-r", f"depth/image:={DEPTH_TOPIC}",
                  "-r", f"rgb/camera_info:={INFO_TOPIC}",
                  "-p", f"checkpoint:={ckpt}", "-p", f"device:={cfg.device}",
                  "-p", "qos_reliability:=reliable",
                  "-p", f"rgb_timeout:={cfg.stream_timeout}", "-p", f"depth_timeout:={cfg.stream_timeout}"]
-    node = Child("segment_node", node_argv, env=env, log_dir=log_dir)
+    node = python_child("m3l_ros.segment_node", *node_argv, env=env, log_path=log_dir / "segment_node.log",
+                        name="segment_node")
     children.append(node)
     duration = cfg.frames / cfg.fps
-    ev = Child("replay_eval", [py, "-m", "m3l_ros.replay_eval", "--out", str(report_dir),
-                               "--duration", str(duration + cfg.startup_timeout + 120), "--grace", "1.5"],
-               env={**env, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")}, log_dir=log_dir)
+    ev = python_child("m3l_ros.replay_eval", "--out", str(report_dir),
+                      "--duration", str(duration + cfg.startup_timeout + 120), "--grace", "1.5",
+                      env=env, log_path=log_dir / "replay_eval.log", name="replay_eval")
     children.append(ev)
     mon = Monitor(domain_id, say)
     try:
-        mon.spin_until(lambda: mon.count_subscribers(RGB_TOPIC) >= 1 and mon.count_subscribers(DEPTH_TOPIC) >= 1
-                       and _ready_line(node) is not None,
-                       cfg.startup_timeout, [node, ev], "segment_node to load the model and subscribe")
-        say(f"        node ready after {time.monotonic() - t0:.0f} s ({node.log_path.name}: "
-            f"{_ready_line(node)})")
-        mon.spin_until(lambda: mon.count_subscribers(GT_TOPIC) >= 1 and mon.count_subscribers(f"{NODE}/labels") >= 1,
+        # Ready = the model is loaded (latched ~/class_names) and the inputs are subscribed.
+        mon.wait(lambda: mon.count_subscribers(RGB_TOPIC) >= 1 and mon.count_subscribers(DEPTH_TOPIC) >= 1
+                 and bool(mon.class_names), cfg.startup_timeout, [node, ev],
+                 "segment_node to load the model and subscribe")
+        names = json.loads(mon.class_names[-1].msg.data)["class_names"]
+        mon.wait(lambda: "device" in mon.diagnostics, 30, [node, ev], "the node's first /diagnostics")
+        d = mon.diagnostics
+        say(f"        node ready after {time.monotonic() - t0:.0f} s: {len(names)} classes, backend "
+            f"{d.get('backend', '(not reported)')}, device {d.get('device', '?')}, precision {d.get('precision', '?')}")
+        mon.wait(lambda: mon.count_subscribers(GT_TOPIC) >= 1 and mon.count_subscribers(f"{NODE}/labels") >= 1,
                        cfg.startup_timeout, [node, ev], "the replay evaluator to subscribe")
 
         # 4. The replay with two dropout windows.
         (d0, d1), (r0, r1) = cfg.depth_drop, cfg.rgb_drop
         say(f"[3/5] replaying {duration:.0f} s: depth withheld {d0:g}-{d1:g} s, RGB withheld {r0:g}-{r1:g} s")
-        rp = Child("replay", [py, "-m", "m3l_ros.replay", str(bag), "--qos", "reliable",
-                              "--drop", f"{DEPTH_TOPIC}@{d0}:{d1}", "--drop", f"{RGB_TOPIC}@{r0}:{r1}",
-                              "--wait-for-subscribers", "60", "--wait-topics", RGB_TOPIC, DEPTH_TOPIC, GT_TOPIC],
-                   env=env, log_dir=log_dir)
+        rp = python_child("m3l_ros.replay", str(bag), "--qos", "reliable",
+                          "--drop", f"{DEPTH_TOPIC}@{d0}:{d1}", "--drop", f"{RGB_TOPIC}@{r0}:{r1}",
+                          "--wait-for-subscribers", "60", "--wait-topics", RGB_TOPIC, DEPTH_TOPIC, GT_TOPIC,
+                          env=env, log_path=log_dir / "replay.log", name="replay")
         children.append(rp)
-        mon.spin_until(lambda: not rp.alive(), duration + 120, [node, ev], "the replay to finish")
+        mon.wait(lambda: not rp.alive(), duration + 120, [node, ev], "the replay to finish")
         if rp.proc.returncode != 0:
             raise rp.fail(f"the replay exited with code {rp.proc.returncode}")
-        mon.spin_until(lambda: not ev.alive(), 120, [node], "the evaluator to write its report")
+        mon.wait(lambda: not ev.alive(), 120, [node], "the evaluator to write its report")
     finally:
         mon.close()
     if ev.wait(0) != 0:
@@ -322,24 +258,6 @@ def run(cfg: DemoConfig, children: list[Child], say: Callable[[str], None]) -> i
     say("OK: the node switched to the learned-token path for each lost stream, kept publishing labels, "
         "and recovered to RGB-D.")
     return 0
-
-
-def _domain_id() -> int:
-    """``ROS_DOMAIN_ID`` if set, else a random one in 1..101 (so two demos rarely meet)."""
-    value = os.environ.get("ROS_DOMAIN_ID", "").strip()
-    if not value:
-        return random.randint(1, 101)
-    if not value.isdigit() or not 0 <= int(value) <= 232:
-        raise StepError(f"environment variable ROS_DOMAIN_ID is {value!r}; expected an integer 0..232 (or unset)")
-    return int(value)
-
-
-def _ready_line(node: Child) -> str | None:
-    """What the node logged when it became ready (model, device, inputs), or None before that."""
-    for line in node.log_path.read_text(errors="replace").splitlines():
-        if "ready:" in line:
-            return line.split("ready:", 1)[1].strip()
-    return None
 
 
 def check(report: dict) -> list[str]:
@@ -408,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda s: print(s, flush=True)  # noqa: E731
     try:
         return run(cfg, children, say)
-    except StepError as err:
+    except ChildError as err:  # a step failed (StepError) or a child exited early
         print(f"\ndemo failed: {err}", file=sys.stderr, flush=True)
         return 1
     except (KeyboardInterrupt, Stop):

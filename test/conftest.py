@@ -20,3 +20,35 @@ _paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and
 os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *_paths])
 # Makes assigning a large ``data`` field 100x slower (see docs); never inherit it.
 os.environ.pop("ROS_PYTHON_CHECK_FIELDS", None)
+# In-process rclpy (test drivers) stays on this machine too, like every child (m3l_ros.procs.ros_env).
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ros_domain() -> int:
+    """This run's private ROS_DOMAIN_ID (children get it through ``m3l_ros.procs.ros_env``)."""
+    from m3l_ros.procs import pick_domain_id
+
+    return pick_domain_id()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random-weight tiny checkpoint (32x32 input, 5 classes): fast to load in a node process."""
+    from ros_helpers import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
+def ros2_cli() -> str:
+    """The upstream ``ros2`` CLI with launch_ros (test tooling from ../shared/ros2-tools), or a skip."""
+    from m3l_ros.procs import ros2_executable
+
+    exe = ros2_executable()
+    if exe is None:
+        pytest.skip("the upstream ROS 2 tools (ros2 launch/run, launch_ros) are not installed; "
+                    "`make test-tools` installs them from ../shared/ros2-tools")
+    return exe

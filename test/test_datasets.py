@@ -70,6 +70,22 @@ def test_folder_round_trip_png_and_npy_depth(root: Path) -> None:
     assert (root / "depth" / "a.png").exists() and (root / "depth" / "b.npy").exists()
 
 
+def test_folder_depth_follows_the_one_invalid_depth_rule(root: Path) -> None:
+    """65535 ("no return" of Kinect-style sensors) is invalid like 0, through preprocess.depth_to_metres."""
+    from m3l_core.preprocess import depth_to_metres
+
+    rgb, depth_mm, label = _sample(0)
+    depth_mm[2, :4] = 65535
+    write_sample(root, "a", rgb=rgb, depth=depth_mm, label=label)
+    d = FolderDataset(root, "train_labeled")[0]["depth"]
+    assert np.isnan(d[2, :4]).all() and np.isnan(d[0, :3]).all()
+    np.testing.assert_array_equal(np.isnan(d), np.isnan(depth_to_metres(depth_mm)))
+    zeroed = depth_mm.copy()
+    zeroed[2, :4] = 0
+    write_sample(root, "a", rgb=rgb, depth=zeroed, label=label)
+    np.testing.assert_array_equal(FolderDataset(root, "train_labeled")[0]["depth"], d)
+
+
 def test_folder_unlabeled_split_and_transform(root: Path) -> None:
     ds = FolderDataset(root, "train_unlabeled")
     assert ds.names == ["c"] and not ds.labeled

@@ -19,7 +19,6 @@ from m3l_ros.image_codec import (
     depth_from_image,
     encode_image,
     encode_labels,
-    resize_nearest,
     to_rgb8,
 )
 
@@ -147,7 +146,8 @@ def test_depth_units_come_from_the_encoding():
     out = depth_from_image(mm, "16UC1")
     assert out.dtype == np.float32
     assert np.isnan(out[0, 0])
-    np.testing.assert_allclose(out[0, 1:], [1.0, 2.5, 65.535], rtol=1e-6)
+    np.testing.assert_allclose(out[0, 1:3], [1.0, 2.5], rtol=1e-6)
+    assert np.isnan(out[0, 3])  # 65535 is the driver's "no reading" (m3l_core.preprocess.depth_to_metres)
     m = np.array([[0.0, np.nan, np.inf, -np.inf, 1.25, -1.0]], np.float32)
     out = depth_from_image(m, "32FC1")
     assert np.isnan(out[0, :4]).all() and np.isnan(out[0, 5])
@@ -173,9 +173,147 @@ def test_labels_switch_to_16uc1_past_255_classes_and_colorize():
     np.testing.assert_array_equal(col[1, 1], [0, 255, 0])
 
 
-def test_resize_nearest_maps_pixel_centres():
-    a = np.arange(4, dtype=np.uint16).reshape(2, 2)
-    up = resize_nearest(a, 4, 4)
-    np.testing.assert_array_equal(up, [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
-    np.testing.assert_array_equal(resize_nearest(up, 2, 2), a)
-    assert resize_nearest(a, 2, 2) is a
+# -- compressed transports (cv2 encodes, as image_transport's plugins do) -------------------------
+from m3l_ros.image_codec import (  # noqa: E402
+    DEPTH_HEADER_BYTES, decode_compressed, decode_compressed_depth, encode_compressed, encode_compressed_depth)
+
+
+def _scene(h: int = 48, w: int = 64) -> np.ndarray:
+    """A smooth colour image (JPEG-friendly) with a few hard edges."""
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (w + h)], axis=2).astype(np.uint8)
+    img[h // 4: h // 2, w // 4: w // 2] = (200, 30, 90)
+    return img
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "mono8", "16UC1"])
+def test_png_round_trips_exactly(encoding):
+    rng = np.random.default_rng(3)
+    arr = {"rgb8": rng.integers(0, 256, (9, 11, 3), dtype=np.uint8),
+           "bgr8": rng.integers(0, 256, (9, 11, 3), dtype=np.uint8),
+           "mono8": rng.integers(0, 256, (9, 11), dtype=np.uint8),
+           "16UC1": rng.integers(0, 65536, (9, 11), dtype=np.uint16)}[encoding]
+    fmt, data = encode_compressed(arr, encoding, "png")
+    assert fmt.startswith(f"{encoding}; png compressed ") and data[:4] == b"\x89PNG"
+    out, enc = decode_compressed(fmt, data)
+    assert enc == encoding and out.dtype == arr.dtype
+    np.testing.assert_array_equal(out, arr)
+
+
+def test_png_colour_order_follows_the_raw_encoding():
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[..., 0] = 255  # pure red
+    fmt, data = encode_compressed(rgb, "rgb8", "png")
+    assert fmt == "rgb8; png compressed bgr8"
+    import cv2
+
+    assert tuple(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)[0, 0]) == (0, 0, 255)  # BGR
+    out, enc = decode_compressed(fmt, data)
+    assert enc == "rgb8" and tuple(out[0, 0]) == (255, 0, 0)
+    # A legacy publisher's bare "png" is BGR (OpenCV's order) and says so.
+    out, enc = decode_compressed("png", data)
+    assert enc == "bgr8" and tuple(to_rgb8(out, enc)[0, 0]) == (255, 0, 0)
+    # rgba8 loses its alpha channel; the colour survives.
+    rgba = np.concatenate([rgb, np.full((2, 3, 1), 7, np.uint8)], axis=2)
+    out, enc = decode_compressed(*encode_compressed(rgba, "rgba8", "png"))
+    assert enc == "rgb8" and np.array_equal(out, rgb)
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "mono8"])
+def test_jpeg_is_close(encoding):
+    img = _scene()
+    arr = img if encoding != "mono8" else img[..., 1].copy()
+    fmt, data = encode_compressed(arr, encoding, "jpeg", jpeg_quality=95)
+    assert data[:3] == b"\xff\xd8\xff" and len(data) < arr.nbytes
+    out, enc = decode_compressed(fmt, data)
+    assert enc == encoding and out.shape == arr.shape
+    err = out.astype(np.float64) - arr.astype(np.float64)
+    psnr = 10 * np.log10(255.0 ** 2 / np.mean(err ** 2))
+    assert np.abs(err).mean() < 3.0 and psnr > 32.0, psnr
+
+
+def test_compressed_depth_16uc1_is_exact_and_clips_at_depth_max():
+    rng = np.random.default_rng(4)
+    mm = rng.integers(0, 9000, (12, 16), dtype=np.uint16)
+    mm[0, :3] = (0, 9999, 65535)
+    fmt, data = encode_compressed_depth(mm, "16UC1", depth_max=10.0)
+    assert fmt == "16UC1; compressedDepth png"
+    assert data[DEPTH_HEADER_BYTES:DEPTH_HEADER_BYTES + 4] == b"\x89PNG"
+    out, enc = decode_compressed_depth(fmt, data)
+    assert enc == "16UC1" and out.dtype == np.uint16
+    expect = mm.copy()
+    expect[0, 2] = 0  # 65535 mm is past depth_max (10 m): the plugin stores 0 (invalid)
+    np.testing.assert_array_equal(out, expect)
+    assert depth_from_image(out, enc)[0, 1] == pytest.approx(9.999)
+
+
+def test_compressed_depth_32fc1_within_the_quantization_error():
+    rng = np.random.default_rng(5)
+    d = rng.uniform(0.2, 9.9, (30, 40)).astype(np.float32)
+    d[0, :4] = (np.nan, 0.0, 10.5, np.inf)  # invalid or past depth_max -> NaN
+    fmt, data = encode_compressed_depth(d, "32FC1", depth_max=10.0, depth_quantization=100.0)
+    assert fmt == "32FC1; compressedDepth png"
+    import struct
+
+    kind, qa, qb = struct.unpack("<iff", data[:12])
+    assert (kind, qa, qb) == (0, 10100.0, pytest.approx(1.0 - 10100.0 / 10.0))
+    out, enc = decode_compressed_depth(fmt, data)
+    assert enc == "32FC1" and out.dtype == np.float32 and out.shape == d.shape
+    assert np.isnan(out[0, :4]).all()
+    ok = np.isfinite(d) & (d > 0) & (d < 10.0)
+    assert np.isfinite(out[ok]).all()
+    err = (out - d)[ok].astype(np.float64)
+    bound = (d[ok].astype(np.float64) ** 2) / (qa - d[ok])  # truncation of q = A/d + B
+    assert (err >= -1e-5).all() and (err <= bound + 1e-5).all()
+    assert abs(err).max() < 0.011  # <= 9.9^2 / 10090 m at the far end
+
+
+@pytest.mark.parametrize("fmt,data,field,reason", [
+    ("rgb8; jpeg compressed bgr8", b"", "data", "empty_data"),
+    ("rgb8; jpeg compressed bgr8", b"\xff\xd8\xff\xe0 not really a jpeg", "data", "corrupt_data"),
+    ("rgb8; tiff compressed bgr8", b"\x89PNG", "format", "unsupported_format"),
+    ("16UC1; compressedDepth png", b"\x89PNG", "format", "unsupported_format"),
+    ("rgb16; png compressed bgr16", b"\x89PNG", "format", "unsupported_encoding"),
+])
+def test_malformed_compressed_is_rejected(fmt, data, field, reason):
+    with pytest.raises(ImageCodecError) as err:
+        decode_compressed(fmt, data)
+    assert (err.value.field, err.value.reason) == (field, reason)
+
+
+def test_truncated_or_mislabelled_compressed_is_rejected():
+    fmt, data = encode_compressed(_scene(), "rgb8", "png")
+    with pytest.raises(ImageCodecError) as err:
+        decode_compressed(fmt, data[: len(data) // 2])
+    assert (err.value.field, err.value.reason) == ("data", "corrupt_data")
+    with pytest.raises(ImageCodecError) as err:
+        decode_compressed("mono8; png compressed mono8", data)  # says grey, holds colour
+    assert (err.value.field, err.value.reason) == ("format", "format_mismatch")
+    with pytest.raises(ImageCodecError) as err:
+        encode_compressed(np.zeros((2, 2), np.uint16), "16UC1", "jpeg")
+    assert err.value.field == "format"
+
+
+def test_malformed_compressed_depth_is_rejected():
+    fmt, data = encode_compressed_depth(np.full((6, 8), 1.5, np.float32), "32FC1")
+    cases = [
+        (fmt, data[:DEPTH_HEADER_BYTES], "data", "data_too_short"),
+        (fmt, data[: DEPTH_HEADER_BYTES + 20], "data", "corrupt_data"),  # truncated PNG
+        (fmt, b"\x07\x00\x00\x00" + data[4:], "data", "bad_header"),  # unknown compression format
+        (fmt, data[:4] + b"\x00" * 8 + data[12:], "data", "bad_header"),  # quantization A = 0
+        ("32FC1; compressedDepth rvl", data, "format", "unsupported_format"),
+        ("32FC1; jpeg compressed bgr8", data, "format", "unsupported_format"),
+        ("rgb8; compressedDepth png", data, "format", "unsupported_encoding"),
+    ]
+    for f, d, field, reason in cases:
+        with pytest.raises(ImageCodecError) as err:
+            decode_compressed_depth(f, d)
+        assert (err.value.field, err.value.reason) == (field, reason), (f, len(d))
+    # A depth PNG that is 8-bit (a colour camera's stream wired to the depth input).
+    colour_fmt, colour = encode_compressed(_scene(), "rgb8", "png")
+    with pytest.raises(ImageCodecError) as err:
+        decode_compressed_depth("16UC1; compressedDepth png", data[:DEPTH_HEADER_BYTES] + colour)
+    assert err.value.reason == "unsupported_pixels"
+    # The legacy format string (encoding only) is PNG.
+    out, enc = decode_compressed_depth("32FC1", data)
+    assert enc == "32FC1" and np.nanmax(np.abs(out - 1.5)) < 1e-3

@@ -8,9 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import yaml
 
 from m3l_core.data import synthetic as S
+from m3l_core.data.folder import SPLITS, load_classes
 
 H, W = 48, 64
 REPO = Path(__file__).resolve().parents[1]
@@ -238,12 +238,12 @@ def test_cli_writes_readable_folder_dataset(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "wrote 7 frames" in res.stdout
 
-    classes = yaml.safe_load((out / "classes.yaml").read_text())
-    assert classes["names"] == list(S.CLASS_NAMES)
-    assert [tuple(c) for c in classes["palette"]] == list(S.PALETTE)
-    assert classes["ignore_index"] == 255
+    classes = load_classes(out / "classes.yaml")
+    assert classes.names == list(S.CLASS_NAMES)
+    assert [tuple(c) for c in classes.palette] == list(S.PALETTE)
+    assert classes.ignore_index == 255
 
-    splits = {s: (out / "splits" / f"{s}.txt").read_text().split() for s in S.SPLITS}
+    splits = {s: (out / "splits" / f"{s}.txt").read_text().split() for s in SPLITS}
     assert {s: len(v) for s, v in splits.items()} == {"train_labeled": 2, "train_unlabeled": 3, "val": 1, "test": 1}
     names = [n for v in splits.values() for n in v]
     assert len(set(names)) == len(names) == 7
@@ -253,9 +253,9 @@ def test_cli_writes_readable_folder_dataset(tmp_path):
         splits["train_labeled"] + splits["val"] + splits["test"])
 
     # Files round-trip to the generated arrays: RGB order, 16-bit millimetres, class ids.
-    for split in S.SPLITS:
+    for split in SPLITS:
         for i, name in enumerate(splits[split]):
-            ref = S.render_frame(S._sample_rng(11, split, i), 40, 56)
+            ref = S.render_frame(S.frame_rng(11, split, i), 40, 56)
             bgr = cv2.imread(str(out / "rgb" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
             assert np.array_equal(bgr[..., ::-1], ref["rgb"])
             mm = cv2.imread(str(out / "depth" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
@@ -263,7 +263,7 @@ def test_cli_writes_readable_folder_dataset(tmp_path):
             valid = np.isfinite(ref["depth"])
             assert np.array_equal(mm > 0, valid)
             assert np.abs(mm[valid] / 1000.0 - ref["depth"][valid]).max() <= 0.0005 + 1e-6
-            if split in S.LABELED_SPLITS:
+            if split != "train_unlabeled":
                 lab = cv2.imread(str(out / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
                 assert lab.dtype == np.uint8 and np.array_equal(lab, ref["label"])
 
@@ -277,3 +277,77 @@ def test_split_counts_do_not_change_other_splits(tmp_path):
         for sub in ("rgb", "depth", "labels"):
             assert (tmp_path / "a" / sub / f"{name}.png").read_bytes() == (tmp_path / "b" / sub / f"{name}.png").read_bytes()
     assert (tmp_path / "a" / "splits" / "test.txt").read_text() == ""
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:  # argparse usage errors exit 2
+        S.main(["--out", str(tmp_path / "x"), "--val", "-1"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        S.main(["--out", str(tmp_path / "x"), "--height", "4"])
+    assert e.value.code == 2 and "at least 8x8" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert S.main(["--out", str(blocker / "data"), "--train-labeled", "1", "--train-unlabeled", "0", "--val", "0",
+                   "--test", "0", "--height", "16", "--width", "16", "--no-progress"]) == 1
+    assert "cannot write" in capsys.readouterr().err
+
+
+def _objects(scene: S.Scene, label: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(lo, hi) bounds of every object with ``label``, its parts merged."""
+    parts: dict[int, list[S.Box]] = {}
+    for b in scene.boxes:
+        if b.label == label:
+            parts.setdefault(b.obj, []).append(b)
+    return [(np.min([b.lo for b in bs], 0), np.max([b.hi for b in bs], 0)) for bs in parts.values()]
+
+
+def test_object_sizes_follow_the_size_table():
+    """The layout draws every object from ``SIZES``: bounds, heights and clearances hold in every scene."""
+    sizes, eps = S.SIZES, 1e-9
+    within = lambda v, lo_hi: lo_hi[0] - eps <= v <= lo_hi[1] + eps  # noqa: E731
+    seen = dict.fromkeys(("cabinet", "table", "chair", "box", "rug", "poster"), 0)
+    for seed in range(25):
+        scene = S.make_scene(np.random.default_rng(seed))
+        lx, ly, lz = scene.size
+        for lo, hi in _objects(scene, S.CABINET):
+            ext = hi - lo
+            thin = int(np.argmin(ext[:2]))  # the axis off the wall
+            assert within(ext[thin], sizes["cabinet"]["depth"])
+            assert within(ext[1 - thin], sizes["cabinet"]["width"])
+            assert within(ext[2], sizes["cabinet"]["height"]) and hi[2] <= lz - sizes["cabinet"]["ceiling"] + eps
+            seen["cabinet"] += 1
+        for lo, hi in _objects(scene, S.TABLE):
+            ext = hi - lo
+            assert within(ext[2], sizes["table"]["height"]) and lo[2] == 0.0
+            assert min(lo[0], lo[1], lx - hi[0], ly - hi[1]) >= sizes["table"]["clearance"] - eps
+            seen["table"] += 1
+        for lo, hi in _objects(scene, S.CHAIR):
+            ext = hi - lo
+            assert within(ext[0], sizes["chair"]["width"]) and ext[0] == pytest.approx(ext[1])
+            seen["chair"] += 1
+        for lo, hi in _objects(scene, S.BOX):
+            ext = hi - lo
+            for k, key in enumerate(("width", "depth", "height")):
+                assert within(ext[k], sizes["box"][key])
+            seen["box"] += 1
+        for d in scene.decals:
+            u0, v0, u1, v1 = d.rect
+            kind = "rug" if d.label == S.RUG else "poster"
+            assert within(u1 - u0, sizes[kind]["width"])
+            if kind == "rug":
+                assert within(v1 - v0, sizes["rug"]["depth"])
+            else:
+                assert v1 <= lz - sizes["poster"]["ceiling"] + eps
+            seen[kind] += 1
+    assert all(n >= 10 for n in seen.values()), seen
+
+
+def test_size_table_drives_the_layout(monkeypatch):
+    """Changing a row of ``SIZES`` changes the scenes: the table is the one place the sizes live."""
+    from m3l_core.data.synthetic import scene as scene_module
+
+    tall = {**S.SIZES["table"], "height": (1.5, 1.5), "top": (0.1, 0.1)}
+    monkeypatch.setitem(scene_module.SIZES, "table", tall)
+    tables = [o for seed in range(5) for o in _objects(S.make_scene(np.random.default_rng(seed)), S.TABLE)]
+    assert tables and all(hi[2] == pytest.approx(1.5) for _, hi in tables)

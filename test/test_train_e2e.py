@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +19,12 @@ from m3l_core.train.ema import EMATeacher
 from m3l_core.train.losses import heads_for
 from m3l_core.train.masking import plan_batch
 from m3l_core.train.optim import build_optimizer
-from m3l_core.train.trainer import init_from_checkpoint, open_split, train, train_step
-from train_fixtures import CONFIGS, REPO, TINY, tiny_config, tiny_data  # noqa: F401  (tiny_data is a fixture)
-
-sys.path.insert(0, str(REPO / "training"))
-from train_m3l import main  # noqa: E402  (training/train_m3l.py)
+from m3l_core.cli.train import main
+from m3l_core.train.init_weights import init_from_checkpoint
+from m3l_core.train.train_data import open_split
+from m3l_core.train.trainer import train, train_step
+from train_fixtures import (CONFIGS, TINY, m3l_logs_propagate, tiny_config, tiny_data,  # noqa: F401  (fixtures)
+                            write_paper_dataset)
 
 FRAMEWORK_CONFIGS = {
     "supervised": "synthetic_sup",
@@ -163,7 +163,7 @@ def test_signal_style_stop_via_api_is_resumable(tiny_data, tmp_path):
     assert train(cfg, tmp_path / "run", device="cpu", resume=True).step == 4
 
 
-def test_init_from_a_supervised_checkpoint(tiny_data, tmp_path, capsys):
+def test_init_from_a_supervised_checkpoint(tiny_data, tmp_path, capsys, m3l_logs_propagate):
     sup = tmp_path / "sup"
     assert run_cli("synthetic_sup", tiny_data, sup, "max_iters=1", "eval_every=0") == 0  # no token
     ckpt = load_file(str(sup / "model.safetensors"))
@@ -179,7 +179,7 @@ def test_init_from_a_supervised_checkpoint(tiny_data, tmp_path, capsys):
                    f"model.init={sup / 'model.safetensors'}") == 0
     assert "initialised from" in (tmp_path / "m3l" / "train.log").read_text()
     assert run_cli("synthetic_m3l", tiny_data, tmp_path / "bad", "max_iters=1", "model.decoder_dim=16",
-                   f"model.init={sup / 'model.safetensors'}") == 2
+                   f"model.init={sup / 'model.safetensors'}") == 1
     assert f"{sup / 'model.safetensors'}: does not fit the configured model" in capsys.readouterr().err
 
 
@@ -199,10 +199,10 @@ def test_bad_config_key_is_named_with_its_file(tiny_data, tmp_path, capsys):
 
 def test_missing_data_and_splits_are_named(tiny_data, tmp_path, capsys):
     missing = tmp_path / "nowhere"
-    assert run_cli("synthetic_sup", missing, tmp_path / "r1") == 2
+    assert run_cli("synthetic_sup", missing, tmp_path / "r1") == 1
     assert f"{missing}: dataset directory not found" in capsys.readouterr().err
 
-    assert run_cli("synthetic_sup", tiny_data, tmp_path / "r2", "data.val=holdout") == 2
+    assert run_cli("synthetic_sup", tiny_data, tmp_path / "r2", "data.val=holdout") == 1
     assert str(tiny_data / "splits" / "holdout.txt") in capsys.readouterr().err
 
     assert run_cli("synthetic_sup", tiny_data, tmp_path / "r3", "model.num_classes=13") == 2
@@ -221,49 +221,17 @@ def test_existing_run_and_missing_state_are_refused(tiny_data, tmp_path, capsys)
     assert main(["--resume", str(tmp_path / "empty")]) == 2
     assert "config.yaml" in capsys.readouterr().err
     (out / "state" / "manifest.json").write_text("{not json")
-    assert main(["--resume", str(out)]) == 2
+    assert main(["--resume", str(out)]) == 1
     assert "manifest.json" in capsys.readouterr().err
 
 
 # --- the paper's dataset formats ------------------------------------------------------------------
 
 
-def _write_paper_dataset(root: Path, kind: str, n: int = 4) -> None:
-    """A few fake frames in the Stanford 2D-3D-S or SUN RGB-D on-disk encoding, with split files."""
-    import cv2
-
-    rng = np.random.default_rng(0)
-    (root / "rgb").mkdir(parents=True)
-    (root / "depth").mkdir()
-    (root / "label").mkdir()
-    lines = []
-    for i in range(n):
-        rgb = rng.integers(0, 255, (36, 48, 3), dtype=np.uint8)
-        ids = rng.integers(0, 3, (36, 48))
-        if kind == "stanford":
-            depth = (rng.uniform(0.5, 5.0, (36, 48)) * 512).astype(np.uint16)
-            label = np.zeros((36, 48, 3), np.uint8)
-            label[..., 0] = ids  # BGR: blue byte = index into semantic_labels.json
-        else:
-            mm = rng.integers(500, 5000, (36, 48)).astype(np.uint16)
-            depth = (mm << 3) | (mm >> 13)  # SUN RGB-D's rotated millimetres
-            label = (ids + 1).astype(np.uint8)  # 0 = void, 1..37
-        cv2.imwrite(str(root / "rgb" / f"{i}.png"), rgb)
-        cv2.imwrite(str(root / "depth" / f"{i}.png"), depth)
-        cv2.imwrite(str(root / "label" / f"{i}.png"), label)
-        lines.append(f"rgb/{i}.png\tdepth/{i}.png\tlabel/{i}.png")
-    (root / "splits").mkdir()
-    (root / "splits" / "train_labeled_0.1.txt").write_text("\n".join(lines[:2]) + "\n")
-    (root / "splits" / "train_labeled_6.25.txt").write_text("\n".join(lines[:2]) + "\n")
-    (root / "splits" / "val.txt").write_text("\n".join(lines[2:]) + "\n")
-    if kind == "stanford":
-        (root / "semantic_labels.json").write_text(json.dumps(["ceiling_1_x", "floor_1_x", "<UNK>_0_x"]))
-
-
 @pytest.mark.parametrize("name,kind,classes", [("stanford_sup_0.1", "stanford", 13), ("sun_sup_6.25", "sun", 37)])
 def test_paper_configs_train_on_their_split_file_formats(name, kind, classes, tmp_path):
     data = tmp_path / kind
-    _write_paper_dataset(data, kind)
+    write_paper_dataset(data, kind)
     out = tmp_path / "run"
     assert run_cli(name, data, out, "max_iters=2", "eval_every=2") == 0
     meta = read_metadata(out / "model.safetensors")

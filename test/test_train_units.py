@@ -1,6 +1,7 @@
 """Unit tests of the training pieces: OHEM, EMA teacher, masks, batch plans, lr, parameter groups, config."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -10,12 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from m3l_core.model import LinearFusionSegFormer, ModalityLayerNorm, ModelConfig
+from m3l_core.train import typed_yaml
 from m3l_core.train.config import ConfigError, load_config
 from m3l_core.train.ema import EMATeacher, ema_decay
 from m3l_core.train.losses import compute_losses, heads_for, ohem_cross_entropy, ohem_keep_mask, pseudo_weight
 from m3l_core.train.masking import MASK_CHOICES, BatchPlan, draw_masks, plan_batch, present_from_choices
 from m3l_core.train.optim import build_optimizer, get_lr, set_lr
-from m3l_core.train.trainer import step_keys, stream_index
+from m3l_core.train.steps import step_keys, stream_index
 
 CONFIGS = Path(__file__).resolve().parents[1] / "config" / "train"
 
@@ -355,13 +357,14 @@ def test_shipped_configs_load_with_the_paper_settings():
         load_config(CONFIGS / f"{name}.yaml")  # every file is valid
     c = load_config(CONFIGS / "stanford_m3l_0.1.yaml")
     assert (c.framework, c.model.backbone, c.data.format, c.data.crop_size) == ("m3l", "mit_b2", "stanford", (540, 540))
-    assert (c.max_iters, c.labeled_batch, c.unlabeled_batch, c.eval_every) == (15300, 16, 16, 300)
+    # The reference's count: epochs x (training images // batch 16).
+    assert (c.max_iters, c.labeled_batch, c.unlabeled_batch, c.eval_every) == (5 * (49199 // 16), 16, 16, 300)
     assert (c.optim.lr, c.optim.decoder_lr_mult, c.optim.weight_decay, c.optim.poly_power) == (1e-4, 3.0, 1e-4, 0.9)
     assert (c.loss.ohem_thresh, c.loss.lambda_pseudo, c.loss.alpha_ema) == (0.7, 1.0, 0.99)
     assert c.model.missing_token and c.model.num_classes == 13
     assert c.data.train_labeled.endswith("0.1.txt")
     s = load_config(CONFIGS / "sun_mt_12.5.yaml")
-    assert (s.framework, s.data.crop_size, s.max_iters, s.model.num_classes) == ("mean_teacher", (500, 500), 14700, 37)
+    assert (s.framework, s.data.crop_size, s.max_iters, s.model.num_classes) == ("mean_teacher", (500, 500), 50 * (4757 // 16), 37)
     assert not s.model.missing_token
     assert load_config(CONFIGS / "sun_sup_25.yaml").framework == "supervised"
 
@@ -412,3 +415,41 @@ def test_auto_val_metric():
     with pytest.raises(ConfigError, match="val_metric"):
         load_config(None, ["framework=supervised", "model.modalities=[rgb]", "val_metric=rgbd"])
     assert math.isclose(sum(load_config(None).loss.mask_probs), 1.0)
+
+
+# --- the generic typed-YAML engine (no training schema involved) ------------------------------------
+
+
+@dataclasses.dataclass
+class _Inner:
+    size: tuple[int, int] = (1, 1)
+    tags: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class _Outer:
+    name: str = "x"
+    rate: float = 0.1
+    limit: int | None = None
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+
+    def __post_init__(self) -> None:
+        typed_yaml.make_checker(self)("rate", self.rate > 0, "> 0")
+
+
+def test_typed_yaml_engine_reads_any_dataclass_tree(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\ninner: {size: [3, 4]}\n")
+    (tmp_path / "leaf.yaml").write_text("base: base.yaml\nrate: 1e-3\n")  # YAML 1.1 reads 1e-3 as a string
+    cfg = typed_yaml.load(_Outer, tmp_path / "leaf.yaml", ["inner.tags=[a, b]", "limit=7"])
+    assert cfg == _Outer(name="base", rate=1e-3, limit=7, inner=_Inner(size=(3, 4), tags=("a", "b")))
+    assert typed_yaml.load(_Outer, None, [], extra={"inner": {"size": [5, 6]}}).inner.size == (5, 6)
+    again = tmp_path / "dump.yaml"
+    again.write_text(typed_yaml.dump(cfg))
+    assert typed_yaml.load(_Outer, again) == cfg
+    with pytest.raises(typed_yaml.ConfigError, match=r"leaf2.yaml: 'inner.size' must be a list of 2 values"):
+        (tmp_path / "leaf2.yaml").write_text("inner: {size: [1, 2, 3]}\n")
+        typed_yaml.load(_Outer, tmp_path / "leaf2.yaml")
+    with pytest.raises(typed_yaml.ConfigError, match=r"--set rate: 'rate' must be > 0"):
+        typed_yaml.load(_Outer, None, ["rate=-1"])
+    with pytest.raises(typed_yaml.ConfigError, match=r"unknown config key 'inner.colour'"):
+        typed_yaml.load(_Outer, None, ["inner.colour=red"])

@@ -7,11 +7,9 @@ import torch
 
 from m3l_core.data.transforms import (
     EvalTransform,
-    TrainDataset,
     TrainTransform,
     collate,
     resize_nearest,
-    sample_rng,
 )
 from m3l_core.preprocess import Preprocessing, normalize_depth, normalize_rgb
 
@@ -103,22 +101,17 @@ def test_unlabeled_sample_gives_all_ignore() -> None:
 def test_seeded_rng_is_deterministic_and_draws_differ() -> None:
     t = TrainTransform(crop_size=(12, 12), pre=PRE)
     s = coded_sample()
-    a, b = t(s, sample_rng(0, 5, 3)), t(s, sample_rng(0, 5, 3))
+    a, b = t(s, np.random.default_rng([0, 5, 3])), t(s, np.random.default_rng([0, 5, 3]))
     for k in ("rgb", "depth", "label"):
         assert torch.equal(a[k], b[k])
-    outs = [t(s, sample_rng(0, step, 3))["rgb"] for step in range(8)]
+    outs = [t(s, np.random.default_rng([0, step, 3]))["rgb"] for step in range(8)]
     assert any(not torch.equal(outs[0], o) for o in outs[1:])
 
 
-def test_train_dataset_and_collate() -> None:
-    raw = [coded_sample(), coded_sample(labeled=False)]
+def test_collate_batches_labeled_and_unlabeled_samples() -> None:
     t = TrainTransform(crop_size=(10, 10), pre=PRE)
-    ds = TrainDataset(raw, t, seed=1)
-    assert len(ds) == 2
-    ref = t(raw[0], sample_rng(1, 7, 0))
-    assert torch.equal(ds[(0, 7)]["rgb"], ref["rgb"])
-    assert torch.equal(ds[0]["rgb"], t(raw[0], sample_rng(1, 0, 0))["rgb"])
-    batch = collate([ds[(0, 7)], ds[(1, 7)]])
+    rng = np.random.default_rng(7)
+    batch = collate([t(coded_sample(), rng), t(coded_sample(labeled=False), rng)])
     assert batch["rgb"].shape == (2, 3, 10, 10) and batch["label"].shape == (2, 10, 10)
     assert batch["labeled"].tolist() == [True, False] and batch["name"] == ["coded", "coded"]
 
@@ -148,3 +141,27 @@ def test_bad_samples_and_configs_are_rejected() -> None:
         TrainTransform(crop_size=(0, 8), pre=PRE)
     with pytest.raises(ValueError, match="scales"):
         TrainTransform(crop_size=(8, 8), pre=PRE, scales=())
+
+
+@pytest.mark.parametrize("align,norm", [("center", "minmax"), ("corner", "minmax_all")])
+def test_eval_transform_is_the_inference_input_path(align, norm) -> None:
+    """Evaluation feeds the model exactly what Segmenter's preprocessing does, reference options included."""
+    from m3l_core.preprocess import depth_input, rgb_input
+
+    pre = Preprocessing(input_size=(8, 10), nearest_align=align, depth_norm=norm)
+    s = coded_sample()
+    s["depth"] = s["depth"].copy()
+    s["depth"][0, :5] = np.nan  # invalid pixels: minmax_all takes its bounds over the full frame
+    out = EvalTransform(pre)(s)
+    np.testing.assert_array_equal(out["rgb"].numpy(), rgb_input(s["rgb"], pre))
+    np.testing.assert_array_equal(out["depth"].numpy(), depth_input(s["depth"], pre))
+
+
+def test_train_transform_uses_the_configured_nearest_alignment() -> None:
+    """At scale 0.5, 'corner' (cv2, the reference) keeps source rows/columns 0, 2, 4...; 'center' 1, 3, 5..."""
+    s = coded_sample()
+    for align, first in (("corner", 0), ("center", 1)):
+        pre = Preprocessing(input_size=(8, 10), nearest_align=align)
+        t = TrainTransform(crop_size=(H // 2, W // 2), pre=pre, scales=(0.5,), flip=False)
+        lab = t(s, np.random.default_rng(0))["label"].numpy()
+        np.testing.assert_array_equal(lab, s["label"][first::2, first::2])

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from m3l_core.vocab import DEPTH_ONLY, MODE_PRESENCE, MODES, NO_INPUT, RGB_ONLY, RGBD, UNSYNCED, mode_for
+from m3l_ros.node_diagnostics import ERROR, OK, WARN, health
 from m3l_ros.stats import LatencyStats, RateMeter, Throttle
-from m3l_ros.watchdog import MODES, ModeWatchdog, StreamWatchdog, mode_for
+from m3l_ros.watchdog import ClockMonitor, ModeWatchdog, StreamWatchdog
 
 
 def test_mode_table():
-    assert mode_for(rgb=True, depth=True) == "rgbd"
-    assert mode_for(rgb=True, depth=False) == "rgb_only"
-    assert mode_for(rgb=False, depth=True) == "depth_only"
-    assert mode_for(rgb=False, depth=False) == "no_input"
-    assert set(MODES) == {"rgbd", "rgb_only", "depth_only", "no_input"}
+    assert mode_for(rgb=True, depth=True) == RGBD
+    assert mode_for(rgb=True, depth=False) == RGB_ONLY  # not unsynced, which shares the presence
+    assert mode_for(rgb=False, depth=True) == DEPTH_ONLY
+    assert mode_for(rgb=False, depth=False) == NO_INPUT
+    assert MODES == ("rgbd", "rgb_only", "depth_only", "no_input", "unsynced")
+    assert MODE_PRESENCE[UNSYNCED] == (True, False)
 
 
 def test_stream_watchdog_timeout_boundary_and_clock_jump():
@@ -60,7 +63,6 @@ def test_full_state_machine_with_recovery():
     ch = _drive(wd, 5.0, 6.0, 0.1, ("rgb", "depth"))
     assert ch == [(5.0, "rgbd")]
     assert wd.transitions == 6
-    assert [c.mode for c in wd.history] == ["rgbd", "rgb_only", "rgbd", "depth_only", "no_input", "rgbd"]
 
 
 def test_startup_grace_avoids_flicker_and_expires():
@@ -137,3 +139,67 @@ def test_throttle_counts_suppressed_messages_per_key():
     assert th.allow(("rgb", "zero_size"), 1.0) == (False, 0)
     assert th.allow(("depth", "zero_size"), 1.0) == (True, 0)  # another key is independent
     assert th.allow(("rgb", "zero_size"), 2.0) == (True, 2)
+
+
+# -- issue 9 item 7: modes match the model and the clock -------------------------------------------------
+def test_both_streams_stopping_together_never_show_a_single_modality_mode():
+    """Depth stops 40 ms before RGB (scheduling): within loss_grace, so straight to no_input."""
+    for lag in (0.0, 0.021, 0.053, 0.1):
+        wd = ModeWatchdog(rgb_timeout=0.5, depth_timeout=0.5, loss_grace=0.15)
+        ch = _drive(wd, 0.0, 1.0, 0.01, ("rgb", "depth"))
+        ch += _drive(wd, 1.0, 1.0 + lag, 0.01, ("rgb",))
+        ch += _drive(wd, 1.0 + lag, 3.0, 0.01, ())
+        assert [m for _, m in ch] == [RGBD, NO_INPUT], (lag, ch)
+
+
+def test_loss_grace_delays_a_real_single_stream_loss_by_the_grace_only():
+    wd = ModeWatchdog(rgb_timeout=0.5, depth_timeout=0.5, loss_grace=0.15)
+    _drive(wd, 0.0, 1.0, 0.01, ("rgb", "depth"))
+    ch = _drive(wd, 1.0, 3.0, 0.01, ("rgb",))  # depth's last frame at 0.99
+    assert [m for _, m in ch] == [RGB_ONLY]
+    assert ch[0][0] == pytest.approx(0.99 + 0.5 + 0.15, abs=0.006)
+    # the grace never delays no_input or a recovery
+    ch = _drive(wd, 3.0, 4.0, 0.01, ("rgb", "depth"))
+    assert ch == [(3.0, RGBD)]
+
+
+def test_uni_modal_model_watches_only_its_stream_and_its_mode_is_healthy():
+    wd = ModeWatchdog(rgb_timeout=0.3, depth_timeout=0.3, modalities=("rgb",))
+    assert wd.healthy_mode == RGB_ONLY
+    wd.feed("depth", 0.0)  # a depth stream the model does not use changes nothing
+    assert wd.update(0.0) == (NO_INPUT, False)
+    ch = _drive(wd, 0.0, 1.0, 0.05, ("rgb", "depth"))
+    assert ch == [(0.0, RGB_ONLY)]
+    assert health(RGB_ONLY, healthy_mode=wd.healthy_mode)[0] == OK
+    assert health(RGB_ONLY, healthy_mode=RGBD)[0] == WARN  # the same mode is degraded for an RGB-D model
+    depth_model = ModeWatchdog(rgb_timeout=0.3, depth_timeout=0.3, modalities=("depth",))
+    assert depth_model.healthy_mode == DEPTH_ONLY
+    with pytest.raises(ValueError, match="modalities"):
+        ModeWatchdog(rgb_timeout=0.3, depth_timeout=0.3, modalities=())
+
+
+def test_sync_timeout_gives_unsynced_until_a_pair():
+    wd = ModeWatchdog(rgb_timeout=0.5, depth_timeout=0.5, sync_timeout=0.5)
+    for k in range(30):
+        t = k * 0.05
+        wd.feed("rgb", t)
+        wd.feed("depth", t)
+        mode, _ = wd.update(t, last_pair=0.2)  # the last pair was at 0.2 s
+        assert mode == (UNSYNCED if t > 0.7 + 1e-9 else RGBD), t
+    assert wd.update(1.5, last_pair=1.5) == (RGBD, True)
+    assert health(UNSYNCED, healthy_mode=RGBD, offset=-0.5, slop=0.02) == (
+        WARN, "RGB and depth stamps never pair (RGB - depth stamp offset -0.500 s, sync_slop 0.02 s): "
+              "RGB only with the learned depth token")
+
+
+def test_a_stalled_node_clock_is_reported():
+    cm = ClockMonitor()
+    for wall in range(10):  # use_sim_time without /clock: node time stays 0
+        cm.feed(node_now=0.0, wall_now=float(wall))
+    assert cm.stalled_for(9.0) == 9.0
+    level, message = health(RGBD, healthy_mode=RGBD, clock_stalled_s=cm.stalled_for(9.0))
+    assert level == WARN and "node clock has not moved for 9 s" in message
+    assert health(NO_INPUT, healthy_mode=RGBD, clock_stalled_s=9.0)[0] == ERROR
+    cm.feed(node_now=5.0, wall_now=10.0)  # the clock moves again
+    assert cm.stalled_for(10.5) == 0.5
+    assert health(RGBD, healthy_mode=RGBD, clock_stalled_s=0.5) == (OK, "RGB-D")

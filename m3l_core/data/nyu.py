@@ -75,13 +75,6 @@ def _mat_strings(f: Any, key: str, path: Path) -> list[str]:
     return out
 
 
-def read_raw_names(mat: str | Path) -> list[str]:
-    """The raw class names of the labeled .mat; name ``i`` is raw class ``i + 1``."""
-    path = Path(mat)
-    with _open_mat(path) as f:
-        return _mat_strings(f, "names", path)
-
-
 def _open_mat(path: Path):
     h5py = _h5py()
     if not path.is_file():

@@ -6,8 +6,8 @@ ignore index (labels), horizontal flip. Eval: resize the inputs to
 ``pre.input_size``, normalise, keep the label at its original size.
 
 All randomness comes from an explicit ``numpy.random.Generator``. The trainer
-derives it from ``(seed, step, index)`` with :func:`sample_rng`, so a resumed
-run sees exactly the same augmented data.
+derives it from ``(seed, stream, position)`` (:mod:`m3l_core.train.steps`), so a
+resumed run sees exactly the same augmented data.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from m3l_core.preprocess import (Preprocessing, depth_to_metres, normalize_depth, normalize_rgb,
-                                 resize_bilinear, resize_nearest)
+from m3l_core.preprocess import (Preprocessing, depth_input, depth_to_metres, normalize_depth, normalize_rgb,
+                                 resize_bilinear, resize_nearest, rgb_input)
 
 PAPER_SCALES = (0.5, 0.75, 1.0, 1.5, 1.75, 2.0)
 
@@ -79,7 +79,8 @@ class TrainTransform:
         flip = self.flip and bool(rng.random() < 0.5)
 
         rgb = resize_bilinear(rgb, (sh, sw))
-        depth = resize_nearest(depth, (sh, sw))  # NaN (invalid) is copied, never blended
+        align = self.pre.nearest_align
+        depth = resize_nearest(depth, (sh, sw), align=align)  # NaN (invalid) is copied, never blended
         depth_n = normalize_depth(depth, self.pre)[0]  # on the whole scaled frame
         ys, xs = slice(y0, y0 + ch), slice(x0, x0 + cw)
         # RGB normalisation is per pixel, so normalising the crop equals normalising then cropping.
@@ -95,7 +96,7 @@ class TrainTransform:
         depth_out[(0, *inner)] = depth_n
         label_out = np.full((ch, cw), ign, np.int64)
         if label is not None:
-            label = resize_nearest(label, (sh, sw))
+            label = resize_nearest(label, (sh, sw), align=align)
             label_out[inner] = label[ys, xs]
         if flip:
             rgb_out, depth_out, label_out = rgb_out[..., ::-1], depth_out[..., ::-1], label_out[..., ::-1]
@@ -110,7 +111,8 @@ class TrainTransform:
 
 @dataclass
 class EvalTransform:
-    """Resize inputs to ``pre.input_size`` (RGB bilinear, depth nearest) and normalise.
+    """Resize inputs to ``pre.input_size`` (RGB bilinear, depth nearest) and normalise, exactly as
+    :func:`~m3l_core.preprocess.rgb_input` / :func:`~m3l_core.preprocess.depth_input` do at inference.
 
     The label keeps its ORIGINAL size (int64): evaluation upsamples the logits
     to the label, as in the paper. An unlabeled sample gets an all-ignore label.
@@ -120,9 +122,9 @@ class EvalTransform:
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         rgb, depth, label = _check_sample(sample)
-        hw = self.pre.input_size
-        rgb_n = normalize_rgb(resize_bilinear(rgb, hw), self.pre)
-        depth_n = normalize_depth(resize_nearest(depth, hw), self.pre)
+        # The test-time path of Segmenter too (resize alignment, depth bounds of the full frame).
+        rgb_n = rgb_input(rgb, self.pre)
+        depth_n = depth_input(depth, self.pre)
         if label is None:
             label_t = np.full(rgb.shape[:2], self.pre.ignore_index, np.int64)
         else:
@@ -134,37 +136,6 @@ class EvalTransform:
             "labeled": label is not None,
             "name": sample.get("name", ""),
         }
-
-
-def sample_rng(seed: int, step: int, index: int) -> np.random.Generator:
-    """The augmentation RNG for one sample at one training step; same inputs, same stream."""
-    return np.random.default_rng([int(seed), int(step), int(index)])
-
-
-def train_sample(dataset: Any, index: int, transform: TrainTransform, rng: np.random.Generator) -> dict[str, Any]:
-    """Load raw sample ``index`` (the dataset must have no transform) and augment it with ``rng``."""
-    return transform(dataset[index], rng)
-
-
-class TrainDataset(torch.utils.data.Dataset):
-    """Wraps a raw dataset with a :class:`TrainTransform` and a derived RNG.
-
-    Index with ``(index, step)`` (e.g. from a sampler that knows the step) to
-    get :func:`sample_rng(seed, step, index) <sample_rng>`; a plain int uses step 0.
-    Works with ``DataLoader`` workers because nothing random lives in the worker.
-    """
-
-    def __init__(self, dataset: Any, transform: TrainTransform, *, seed: int = 0) -> None:
-        self.dataset = dataset
-        self.transform = transform
-        self.seed = int(seed)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, step = (key, 0) if isinstance(key, (int, np.integer)) else key
-        return train_sample(self.dataset, int(index), self.transform, sample_rng(self.seed, step, index))
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

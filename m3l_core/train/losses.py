@@ -13,6 +13,22 @@ import torch.nn.functional as F
 
 from m3l_core.train.masking import BatchPlan
 
+# How OHEM's min_kept is sized from the ``ohem_min_kept`` fraction:
+# "supervised_rows": fraction x all pixels of the rows that get the supervised loss (the project);
+# "labeled_batch": int(fraction x H x W) x the number of LOADED labeled samples (the reference's
+# ``pixel_num``). They differ only for m3l, whose labeled rows appear twice (clean and masked),
+# so the reference keeps at least 4 % of its supervised pixels where the project keeps 8 %.
+MIN_KEPT_BASES = ("supervised_rows", "labeled_batch")
+
+
+def min_kept_count(fraction: float, target: torch.Tensor, n_labeled: int, basis: str = "supervised_rows") -> int:
+    """OHEM ``min_kept`` for the ``(N, H, W)`` supervised ``target`` of ``n_labeled`` loaded labeled samples."""
+    if basis == "supervised_rows":
+        return int(fraction * target.numel())
+    if basis == "labeled_batch":
+        return int(fraction * target.shape[-2] * target.shape[-1]) * int(n_labeled)
+    raise ValueError(f"ohem min_kept basis must be one of {MIN_KEPT_BASES}, got {basis!r}")
+
 
 def ohem_keep_mask(
     logits: torch.Tensor,
@@ -103,6 +119,7 @@ def compute_losses(
     ohem_min_kept: float = 0.08,
     lambda_pseudo: float = 1.0,
     ignore_index: int = 255,
+    min_kept_basis: str = "supervised_rows",
 ) -> dict[str, torch.Tensor]:
     """The training loss of one student forward pass.
 
@@ -110,7 +127,8 @@ def compute_losses(
         outputs: student logits per head, rows in ``plan`` order.
         labels: ``(B_loaded, H, W)`` ground truth of the loaded batch (ignore for unlabeled).
         pseudo: ``(B_loaded, H, W)`` teacher pseudo-labels of the loaded batch, or None.
-        ohem_min_kept: fraction of the supervised pixels OHEM keeps at least.
+        ohem_min_kept: fraction OHEM keeps at least, of the pixels given by ``min_kept_basis``
+            (:data:`MIN_KEPT_BASES`).
 
     Returns ``{"loss", "sup", "pseudo"}``: ``loss = sup + lambda_pseudo * pseudo``,
     each term averaged over ``heads``.
@@ -121,7 +139,8 @@ def compute_losses(
     sup = zero
     if sup_rows.numel():
         target = labels[plan.source[plan.supervised].to(labels.device)].to(ref.device)
-        min_kept = int(ohem_min_kept * target.numel())
+        n_labeled = int(torch.unique(plan.source[plan.supervised]).numel())
+        min_kept = min_kept_count(ohem_min_kept, target, n_labeled, min_kept_basis)
         sup = sum(ohem_cross_entropy(outputs[h][sup_rows], target, thresh=ohem_thresh, min_kept=min_kept,
                                      ignore_index=ignore_index) for h in heads) / len(heads)
     pse = zero

@@ -55,6 +55,26 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 
 
+def apply_group_settings(
+    optimizer: torch.optim.Optimizer,
+    *,
+    lr: float,
+    weight_decay: float,
+    decoder_lr_mult: float = 3.0,
+    norm_weight_decay: float = 0.0,
+) -> None:
+    """Set every named group's ``base_lr`` and weight decay from the config.
+
+    ``optimizer.load_state_dict`` restores the saved groups' settings; calling this after a
+    resume makes ``--resume RUN --set optim.lr=...`` take effect (e.g. after a diverged step).
+    """
+    settings = group_settings(lr=lr, weight_decay=weight_decay, decoder_lr_mult=decoder_lr_mult,
+                              norm_weight_decay=norm_weight_decay)
+    for g in optimizer.param_groups:
+        s = settings[g["name"]]
+        g["base_lr"], g["weight_decay"] = s["lr"], s["weight_decay"]
+
+
 def set_lr(optimizer: torch.optim.Optimizer, step: int, max_iters: int, power: float = 0.9) -> dict[str, float]:
     """Apply :func:`get_lr` to every group for ``step``; returns ``{group name: lr}``."""
     out = {}

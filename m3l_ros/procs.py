@@ -1,0 +1,266 @@
+"""The one harness for child processes on a private ROS graph (tests, ``scripts/demo.py``, benchmarks).
+
+* :func:`ros_env` / :func:`ros_environment`: a ``ROS_DOMAIN_ID`` of our own, localhost-only
+  discovery, no ``ROS_PYTHON_CHECK_FIELDS`` (it makes assigning large ``data`` ~100x slower),
+  and the m3l_ros this process imports first on ``PYTHONPATH`` so children run the same copy.
+* :class:`Child`: a process with its output in a log file. Only its own PID is ever signalled.
+* :class:`GraphProbe`: an rclpy node in its own context that subscribes, publishes and spins
+  until a condition holds, failing fast (with the log tail) when a watched child dies.
+
+Publishers need no middleware profile variable: the project's publishers are RELIABLE (as the
+RealSense driver's), which Fast DDS delivers at camera resolution with its defaults.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+# Variables a child must not inherit: ROS_PYTHON_CHECK_FIELDS slows large messages ~100x.
+_DROP_VARS = ("ROS_PYTHON_CHECK_FIELDS",)
+
+
+def package_root() -> Path:
+    """The directory holding the ``m3l_ros`` package this Python imports (tree or site-packages)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def pick_domain_id() -> int:
+    """``ROS_DOMAIN_ID`` in 1..101 derived from the pid, so parallel runs rarely share a graph."""
+    return 1 + os.getpid() % 101
+
+
+def domain_id_from_env(default: int | None = None) -> int:
+    """``ROS_DOMAIN_ID`` if set (validated), else ``default``, else a random one in 1..101."""
+    value = os.environ.get("ROS_DOMAIN_ID", "").strip()
+    if not value:
+        return default if default is not None else random.randint(1, 101)
+    if not value.isdigit() or not 0 <= int(value) <= 232:
+        raise ValueError(f"environment variable ROS_DOMAIN_ID is {value!r}; expected an integer 0..232 (or unset)")
+    return int(value)
+
+
+def ros_env(domain_id: int, *, base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """Environment for a child on the private graph ``domain_id``."""
+    env = dict(os.environ if base is None else base)
+    root = str(package_root())
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    env.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1",
+               RCUTILS_COLORIZED_OUTPUT="0", PYTHONPATH=os.pathsep.join([root, *paths]))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    for var in _DROP_VARS:
+        env.pop(var, None)
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def ros_environment(domain_id: int) -> Iterator[dict[str, str]]:
+    """This process's ``os.environ`` set up like :func:`ros_env` (for in-process rclpy), restored after."""
+    keys = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", *_DROP_VARS)
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    for var in _DROP_VARS:
+        os.environ.pop(var, None)
+    try:
+        yield ros_env(domain_id)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def ros2_executable() -> str | None:
+    """The upstream ``ros2`` CLI next to this Python (or on PATH) when launch_ros is importable, else None."""
+    try:
+        import launch_ros  # noqa: F401
+    except ImportError:
+        return None
+    here = Path(sys.executable).parent / "ros2"
+    return str(here) if here.is_file() else shutil.which("ros2")
+
+
+class ChildError(RuntimeError):
+    """A child process failed or exited early; the message carries its command and log tail."""
+
+
+class Child:
+    """A child process with stdout+stderr in ``log_path``.
+
+    ``new_session=True`` keeps a terminal's Ctrl-C away from it, so the owner decides the order
+    of shutdown. Only this PID (or, with ``group=True`` in :meth:`send`, its own process group)
+    is ever signalled.
+    """
+
+    def __init__(self, argv: Sequence[str], *, env: dict[str, str], log_path: Path, name: str | None = None,
+                 cwd: str | Path | None = None, new_session: bool = True) -> None:
+        self.argv = [str(a) for a in argv]
+        self.name = name or Path(self.argv[0]).name
+        self.log_path = Path(log_path)
+        self.new_session = new_session
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.argv, env=env, cwd=None if cwd is None else str(cwd), stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=new_session)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def send(self, sig: int, *, group: bool = False) -> None:
+        """``sig`` to this PID, or with ``group`` to its own process group (a terminal's Ctrl-C;
+        only for a child started with ``new_session``)."""
+        if self.alive():
+            if group and self.new_session:
+                os.killpg(self.proc.pid, sig)
+            else:
+                os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code, or None if still running after ``timeout`` s."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, lines: int = 25) -> str:
+        text = self.output().rstrip().splitlines()
+        return "\n".join("    " + ln for ln in text[-lines:]) or "    (empty log)"
+
+    def fail(self, what: str) -> ChildError:
+        return ChildError(f"{what}\n  command: {' '.join(self.argv)}\n  last lines of {self.log_path}:\n{self.tail()}")
+
+    def stop(self, timeout: float = 15.0, sig: int = signal.SIGINT, *, group: bool = False) -> int | None:
+        """``sig`` (to the group with ``group``) and wait; SIGKILL if it does not exit.
+
+        The exit code (None if it had to be killed)."""
+        rc = self.proc.poll()
+        if rc is None:
+            self.send(sig, group=group)
+            rc = self.wait(timeout)
+            if rc is None:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return rc
+
+
+def python_child(module: str, *args: str, env: dict[str, str], log_path: Path, name: str | None = None,
+                 **kwargs: Any) -> Child:
+    """``python -m module args...`` with this interpreter."""
+    return Child([sys.executable, "-m", module, *args], env=env, log_path=log_path, name=name or module, **kwargs)
+
+
+def latched_qos(depth: int = 1):
+    """RELIABLE + TRANSIENT_LOCAL (rclpy has no preset): the node's ``~/mode`` and ``~/class_names``."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+@dataclass
+class Received:
+    msg: Any
+    t: float  # time.monotonic() at receipt
+
+
+class GraphProbe:
+    """A test/driver-side rclpy node in its own context on ``domain_id``.
+
+    QoS arguments accept anything rclpy does; an int N is rclpy's RELIABLE/KEEP_LAST(N) default.
+    """
+
+    def __init__(self, domain_id: int, name: str = "m3l_probe") -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.signals import SignalHandlerOptions
+
+        self.domain_id = domain_id
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.records: dict[str, list[Received]] = {}
+
+    def subscribe(self, key: str, msg_type: Any, topic: str, qos: Any = 10,
+                  callback: Callable[[Any], None] | None = None) -> list[Received]:
+        """Record every message on ``topic`` in ``records[key]`` (and call ``callback``)."""
+        out = self.records.setdefault(key, [])
+
+        def on_msg(msg: Any) -> None:
+            out.append(Received(msg, time.monotonic()))
+            if callback is not None:
+                callback(msg)
+
+        self.node.create_subscription(msg_type, topic, on_msg, qos)
+        return out
+
+    def publisher(self, msg_type: Any, topic: str, qos: Any = 10):
+        return self.node.create_publisher(msg_type, topic, qos)
+
+    def spin(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=min(0.01, max(0.0, end - time.monotonic())))
+
+    def spin_until(self, pred: Callable[[], bool], timeout: float, *, tick: Callable[[], None] | None = None,
+                   period: float = 0.05, children: Sequence[Child] = (), what: str = "") -> bool:
+        """Spin (calling ``tick`` every ``period`` s) until ``pred()``; False on timeout.
+
+        A watched child that exits first raises :class:`ChildError` with its log tail.
+        """
+        end = time.monotonic() + timeout
+        next_tick = time.monotonic()
+        while time.monotonic() < end:
+            if tick is not None and time.monotonic() >= next_tick:
+                tick()
+                next_tick += period
+            self.executor.spin_once(timeout_sec=0.005 if tick is not None else 0.02)
+            if pred():
+                return True
+            for c in children:
+                if not c.alive():
+                    raise c.fail(f"{c.name} exited with code {c.returncode} while waiting for "
+                                 f"{what or 'a condition'}")
+        return pred()
+
+    def wait_for_topic(self, topic: str, *, publishers: int = 0, subscribers: int = 0, timeout: float,
+                       children: Sequence[Child] = ()) -> bool:
+        """Until ``topic`` has at least that many publishers and subscribers on the graph."""
+        return self.spin_until(lambda: self.node.count_publishers(topic) >= publishers
+                               and self.node.count_subscribers(topic) >= subscribers, timeout,
+                               children=children, what=f"{topic} on the graph")
+
+    def now_ns(self) -> int:
+        return self.node.get_clock().now().nanoseconds
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
