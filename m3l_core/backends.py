@@ -76,8 +76,8 @@ def choose_backend(requested: str, kind: str, device: torch.device) -> str:
             raise RuntimeError(f"backend {requested!r} is not installed "
                                "(see requirements/ml.txt, requirements/gpu.txt)")
         return requested
-    if device.type == "cuda":
-        order = ("tensorrt", "onnxruntime", "torch")
+    if device.type == "cuda":  # an .onnx file runs on ONNX Runtime's CUDA provider (onnxruntime-gpu)
+        order = ("onnxruntime",) if kind == "onnx" else ("tensorrt", "torch")
     else:
         order = ("openvino", "onnxruntime", "torch") if kind == "onnx" else ("openvino", "torch")
     for name in order:

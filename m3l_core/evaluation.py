@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from m3l_core import distributed as dist_utils
 from m3l_core.data.folder import DatasetError
 from m3l_core.data.loading import make_loader, raise_failure
 from m3l_core.data.transforms import EvalTransform
 from m3l_core.metrics import confusion_matrix, summarize
+from m3l_core.model import upsample_logits
 from m3l_core.vocab import CONDITION_PRESENCE as _PRESENT  # columns [rgb, depth]
 from m3l_core.vocab import CONDITIONS, MODALITIES
 
@@ -118,8 +118,9 @@ def evaluate(
     """
     net = _unwrap(model)
     device = torch.device(device)
+    cfg = getattr(net, "config", None)
+    align_corners = bool(getattr(cfg, "align_corners", False))  # the checkpoint's upsampling rule
     if conditions is None:
-        cfg = getattr(net, "config", None)
         conditions = conditions_for(cfg) if cfg is not None else CONDITIONS
     conditions = tuple(conditions)
     for c in conditions:
@@ -153,13 +154,13 @@ def evaluate(
                 logits = out["ensemble"].float()
                 if isinstance(labels, torch.Tensor):
                     lab = labels.to(device, non_blocking=True)
-                    pred = _predict(logits, lab.shape[-2:])
+                    pred = _predict(logits, lab.shape[-2:], align_corners)
                     cms[cond] += confusion_matrix(pred, lab, num_classes, ignore_index)
                 else:
                     pred = []
                     for i, lab in enumerate(labels):
                         lab = lab.to(device, non_blocking=True)
-                        p = _predict(logits[i:i + 1], lab.shape[-2:])[0]
+                        p = _predict(logits[i:i + 1], lab.shape[-2:], align_corners)[0]
                         cms[cond] += confusion_matrix(p, lab, num_classes, ignore_index)
                         pred.append(p)
                 preds[cond] = pred
@@ -173,11 +174,9 @@ def evaluate(
     return {c: cm.cpu() for c, cm in cms.items()}
 
 
-def _predict(logits: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
-    """(B, C, h, w) logits -> (B, H, W) int64 argmax after bilinear upsampling to ``size``."""
-    if tuple(logits.shape[-2:]) != tuple(size):
-        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-    return logits.argmax(1)
+def _predict(logits: torch.Tensor, size: torch.Size | tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """(B, C, h, w) logits -> (B, H, W) int64 argmax after the model's bilinear upsampling to ``size``."""
+    return upsample_logits(logits, size, align_corners=align_corners).argmax(1)
 
 
 def mm_robust(results: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any] | None:

@@ -186,7 +186,10 @@ def depth_input(depth: np.ndarray, pre: Preprocessing, hw: tuple[int, int] | Non
 def rgb_input(rgb: np.ndarray, pre: Preprocessing, hw: tuple[int, int] | None = None) -> np.ndarray:
     """Raw HxWx3 uint8 RGB -> the model's 3xHxW input at ``hw`` (default ``pre.input_size``)."""
     hw = tuple(pre.input_size if hw is None else hw)
-    return normalize_rgb(resize_bilinear(np.asarray(rgb), hw), pre)
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:  # report the input, not the resized copy
+        raise ValueError(f"rgb must be HxWx3 uint8, got shape {rgb.shape} dtype {rgb.dtype}")
+    return normalize_rgb(resize_bilinear(rgb, hw), pre)
 
 
 def resize_bilinear(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

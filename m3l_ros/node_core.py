@@ -116,7 +116,7 @@ class SegmentCore:
         self.pubs["class_names"].publish(String(data=class_names_json(seg.class_names, seg.palette)))
         self._reset_state()
         self._publish_mode(self.watchdog.mode)
-        self.log.info(f"configured: {self.checkpoint_path.name} on {seg.device} ({self.params['precision']}, backend "
+        self.log.info(f"configured: {self.checkpoint_path.name} on {seg.device} ({getattr(seg, 'precision', self.params['precision'])}, backend "
                       f"{backend_name(seg)}, {self.threads} CPU threads), {seg.num_classes} classes, "
                       f"modalities {'+'.join(seg.modalities)}")
 
@@ -345,7 +345,7 @@ class SegmentCore:
                 with self._lock:
                     self.rejected["depth.size_mismatch"] += 1
                 self.log.warning(
-                    f"depth on {self.subs['depth'].topic_name} is {job.depth.data[1].shape[1]}x"
+                    f"depth on {self._topic('depth')} is {job.depth.data[1].shape[1]}x"
                     f"{job.depth.data[1].shape[0]} but RGB is {rgb.shape[1]}x{rgb.shape[0]}; resizing depth to the "
                     "RGB size (nearest). Use depth registered to the colour camera (aligned_depth_to_color).", once=True)
         seg = self.segmenter

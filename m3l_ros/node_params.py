@@ -54,8 +54,9 @@ PARAMS = (
           "model (m3l_ros/models/demo.safetensors).", read_only=True),
     Param("device", "auto", "Inference device: auto (CUDA if available), cpu, cuda or cuda:N.",
           read_only=True, choices=("auto", "cpu", "cuda", "cuda:N")),
-    Param("precision", "fp32", "Inference precision: fp32, bf16, or fp16 (CUDA only).",
-          read_only=True, choices=PRECISIONS),
+    Param("precision", "fp32", "Inference precision: fp32, bf16, fp16 (CUDA only), or auto (bf16 with OpenVINO "
+          "on CPUs with native bf16, fp16 with TensorRT, else fp32; 3.5-5.7x torch fp32 for LF MiT-B2).",
+          read_only=True, choices=("auto", *PRECISIONS)),
     Param("backend", "auto", "Inference backend: auto (the fastest installed for the device), torch, "
           "onnxruntime, openvino or tensorrt. The one used is logged and in diagnostics.",
           read_only=True, choices=BACKENDS),

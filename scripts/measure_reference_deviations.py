@@ -29,17 +29,16 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from m3l_core.checkpoint import load_checkpoint  # noqa: E402
-from m3l_core.evaluation import present_mask, summarize_results  # noqa: E402
-from m3l_core.metrics import confusion_matrix  # noqa: E402
-from m3l_core.model import LinearFusionSegFormer, upsample_logits  # noqa: E402
-from m3l_core.preprocess import (IMAGENET_MEAN, IMAGENET_STD, depth_bounds, depth_input, depth_to_metres,  # noqa: E402
+from m3l_core.checkpoint import load_checkpoint
+from m3l_core.evaluation import present_mask, summarize_results
+from m3l_core.metrics import confusion_matrix
+from m3l_core.model import LinearFusionSegFormer, upsample_logits
+from m3l_core.preprocess import (IMAGENET_MEAN, IMAGENET_STD, depth_bounds, depth_input, depth_to_metres,
                                  normalize_depth, resize_nearest, rgb_input)
-from m3l_core.train.losses import compute_losses, heads_for, min_kept_count  # noqa: E402
-from m3l_core.train.masking import plan_batch  # noqa: E402
-from m3l_core.train.optim import get_lr  # noqa: E402
+from m3l_core.train.losses import compute_losses, heads_for, min_kept_count
+from m3l_core.train.masking import plan_batch
+from m3l_core.train.optim import get_lr
 
 CONDITIONS = ("rgbd", "rgb", "depth")
 

@@ -8,8 +8,11 @@ config files, the ament index marker) and ``lib/m3l_ros`` executables.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,6 +23,11 @@ _paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and
 os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *_paths])
 # Makes assigning a large ``data`` field 100x slower (see docs); never inherit it.
 os.environ.pop("ROS_PYTHON_CHECK_FIELDS", None)
+# Converted-model cache (OpenVINO/ONNX conversions of checkpoints): one private directory per run,
+# shared by this process and its children, removed at exit; the user's ~/.cache is never touched.
+_CACHE = tempfile.mkdtemp(prefix="m3l-test-cache-")
+os.environ["M3L_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 # In-process rclpy (test drivers) stays on this machine too, like every child (m3l_ros.procs.ros_env).
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 

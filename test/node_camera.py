@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tree, also when run as a script
 
 
 def scene(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

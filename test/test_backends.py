@@ -192,8 +192,23 @@ def test_backend_and_precision_rules(fn, args, expected):
         assert fn(*args) == expected
 
 
+def test_auto_precision_is_bf16_only_for_openvino_on_a_bf16_cpu(exported):
+    from m3l_core.backends import cpu_has_bf16
+
+    expected = "bf16" if cpu_has_bf16() else "fp32"
+    assert resolve_precision("auto", "openvino", CPU) == expected
+    assert Segmenter.from_checkpoint(exported / "m.xml", device="cpu", precision="auto").precision == expected
+    assert resolve_precision(None, "onnxruntime", CPU) == "fp32"
+
+
 def test_auto_on_cuda_prefers_tensorrt_when_installed():
-    assert choose_backend("auto", "onnx", CUDA) == ("tensorrt" if _installed("tensorrt") else "onnxruntime")
+    assert choose_backend("auto", "checkpoint", CUDA) == ("tensorrt" if _installed("tensorrt") else "torch")
+    assert choose_backend("auto", "onnx", CUDA) == "onnxruntime"
+    if _installed("tensorrt"):
+        assert choose_backend("auto", "tensorrt", CUDA) == "tensorrt"
+    else:
+        with pytest.raises(RuntimeError, match="no installed backend can run a tensorrt file"):
+            choose_backend("auto", "tensorrt", CUDA)
 
 
 def _installed(name):

@@ -91,3 +91,14 @@ def test_robustness_doc_quotes_the_committed_benchmark():
     for name, results in runs.items():
         label = name.replace("(two-stage)", "(two-stage, see below)")
         assert _row(doc, label) == [_miou(results, c) for c in ("rgb", "depth", "rgbd", "mm_robust")], name
+
+
+def test_package_docstrings_list_every_module():
+    import m3l_core.data.synthetic
+    import m3l_ros
+
+    for package in (m3l_ros, m3l_core.data.synthetic):
+        folder = Path(package.__file__).parent
+        modules = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("__"))
+        missing = [m for m in modules if f"``{m}``" not in package.__doc__]
+        assert not missing, f"{folder.relative_to(REPO)}/__init__.py does not list {missing}"

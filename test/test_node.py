@@ -9,25 +9,23 @@ ordering only (sim seconds where time matters).
 """
 from __future__ import annotations
 
-import ast
-import importlib.util
 import json
 import os
 import signal
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+
+pytest.importorskip("rclpy")  # every test here runs a node process (ROS-free node tests: test_node_variants.py)
 from diagnostic_msgs.msg import DiagnosticStatus
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ros_helpers import REPO, Harness, NodeProcess, pick_domain_id, ros_env  # noqa: E402
+from ros_helpers import REPO, Harness, NodeProcess, pick_domain_id, ros_env
 
-from m3l_core.vocab import DEPTH_ONLY, NO_INPUT, RGB_ONLY, RGBD, UNSYNCED  # noqa: E402
-from m3l_ros.image_codec import decode_message, depth_from_image, resize_nearest  # noqa: E402
+from m3l_core.vocab import DEPTH_ONLY, NO_INPUT, RGB_ONLY, RGBD, UNSYNCED
+from m3l_ros.image_codec import decode_message, depth_from_image, resize_nearest
 
 H, W = 32, 40
 TIMEOUT = 0.3  # rgb_timeout and depth_timeout of the node under test
@@ -138,6 +136,10 @@ class Live:
     def stream(self, until, *, timeout: float = 15.0, **frame_kwargs) -> bool:
         return self.h.spin_until(until, timeout, tick=lambda: self.publish_frame(**frame_kwargs), period=PERIOD)
 
+    def log_has(self, *needles: str, timeout: float = 20.0) -> bool:
+        """All needles in the node's log (which reaches the file with some delay)."""
+        return self.h.spin_until(lambda: all(n in self.proc.output() for n in needles), timeout)
+
     def start_rgbd(self) -> float:
         """Stream RGB-D until the node is in rgbd and labels flow; a stamp after which a test looks."""
         t0 = self.h.now()
@@ -168,14 +170,16 @@ def live(tiny_checkpoint, scene, tmp_path_factory):
         proc = NodeProcess(["--params-file", str(CONFIG), "--params-file", str(override_file),
                             "-r", f"__ns:={NS}", "-r", f"__node:={NAME}", "-r", f"rgb/image:={RGB_TOPIC}"],
                            env=ros_env(domain), log_path=tmp / "node.log")
-        h = Harness(domain, NS, NAME, RGB_TOPIC, DEPTH_TOPIC, INFO_TOPIC)
+        h = None
         try:
+            h = Harness(domain, NS, NAME, RGB_TOPIC, DEPTH_TOPIC, INFO_TOPIC)
             up = h.spin_until(lambda: (h.class_names() is not None and h.latest_mode() is not None)
                               or not proc.alive(), 90)
             assert up and proc.alive(), f"node did not come up:\n{proc.output()}"
             yield Live(proc, h, scene, overrides)
         finally:
-            h.close()
+            if h is not None:
+                h.close()
             proc.stop()
 
 
@@ -308,7 +312,7 @@ def test_stamp_offset_reports_unsynced_and_keeps_labels_flowing(live, scene):
     d = h.latest_diagnostics()
     assert d["_level"] == DiagnosticStatus.WARN and "sync_slop" in d["_message"]
     assert float(d["stamp_offset_s"]) == pytest.approx(-0.5, abs=0.1)  # RGB - depth, arrival jitter allowed
-    assert "sync_slop" in live.proc.output() and "mode -> unsynced" in live.proc.output()
+    assert live.log_has("sync_slop", "mode -> unsynced"), live.proc.output()
     # stamps agree again: back to rgbd with fused labels
     t_back = live.publish_frame()
     assert live.stream(lambda: live.count(after=t_back, mode=RGBD) >= 3), live.proc.output()
@@ -382,14 +386,12 @@ def test_malformed_burst_is_rejected_counted_and_survived(live, scene, segmenter
     assert int(d["rejected.depth.size_mismatch"]) >= 1  # counted per resized pair (first occurrence: this test or later)
     assert delta(d, "rejected_total") == sum(want.values()) + delta(d, "rejected.depth.size_mismatch")
     assert delta(d, "pairing_resets.rgb") == 1
-    log = live.proc.output()
-    assert f"dropped a message on {RGB_TOPIC}: field 'step'" in log
-    assert f"dropped a message on {DEPTH_TOPIC}: field 'data'" in log
-    assert f"dropped a message on {RGB_TOPIC}: field 'encoding'" in log
-    assert f"dropped a message on {RGB_TOPIC}: field 'height*width'" in log and "max_input_pixels" in log
-    assert "resizing depth to the RGB size" in log
-    assert "incompatible QoS" in log and "qos_reliability:=auto" in log
-    assert "went backwards" in log
+    assert live.log_has(f"dropped a message on {RGB_TOPIC}: field 'step'",
+                        f"dropped a message on {DEPTH_TOPIC}: field 'data'",
+                        f"dropped a message on {RGB_TOPIC}: field 'encoding'",
+                        f"dropped a message on {RGB_TOPIC}: field 'height*width'", "max_input_pixels",
+                        "resizing depth to the RGB size", "incompatible QoS", "qos_reliability:=auto",
+                        "went backwards"), live.proc.output()
     h.node.destroy_publisher(be_pub)
 
 
@@ -459,7 +461,11 @@ def test_sim_time_watchdog_follows_clock_and_a_stalled_clock_is_reported(tiny_ch
                             "-p", f"depth_timeout:={TIMEOUT}", "-p", "diagnostics_period:=0.5",
                             "-r", f"__ns:={ns}", "-r", f"__node:={NAME}"],
                            env=ros_env(domain), log_path=tmp_path / "node.log")
-        h = Harness(domain, ns, NAME, f"{ns}/rgb/image", f"{ns}/depth/image", f"{ns}/rgb/camera_info")
+        try:
+            h = Harness(domain, ns, NAME, f"{ns}/rgb/image", f"{ns}/depth/image", f"{ns}/rgb/camera_info")
+        except BaseException:
+            proc.stop()
+            raise
         live = Live(proc, h, scene, {})
         clock_pub = h.node.create_publisher(Clock, "/clock", 10)
         sim = [1000.0]
@@ -490,9 +496,9 @@ def test_sim_time_watchdog_follows_clock_and_a_stalled_clock_is_reported(tiny_ch
             grace = 0.15
             assert TIMEOUT + grace - PERIOD - 1e-6 <= first - t_stop <= TIMEOUT + grace + 2 * PERIOD + 1e-6
             # /clock stops for good while frames keep coming: the frozen watchdog is reported
-            d = live.diag_when(lambda d: float(d["clock_stalled_s"]) >= 3.0, timeout=30)
+            d = live.diag_when(lambda d: float(d["clock_stalled_s"]) >= 3.5, timeout=30)  # (shown rounded)
             assert d["_level"] >= DiagnosticStatus.WARN and "node clock has not moved" in d["_message"]
-            assert "use_sim_time is true but the node clock has not moved" in proc.output()
+            assert h.spin_until(lambda: "use_sim_time is true but the node clock has not moved" in proc.output(), 20)
 
             proc.send(signal.SIGTERM)
             rc = proc.wait(15)
@@ -522,26 +528,3 @@ def test_startup_errors_are_clear(tmp_path, args, needles):
         assert "Traceback" not in out, out
     finally:
         proc.stop()
-
-
-def test_empty_checkpoint_means_the_bundled_demo_model(monkeypatch, tmp_path):
-    import m3l_ros.node_params as sn
-
-    missing = tmp_path / "models" / "demo.safetensors"
-    monkeypatch.setattr(sn, "DEFAULT_CHECKPOINT", missing)
-    with pytest.raises(sn.StartupError, match="bundled demo model") as e:
-        sn.resolve_checkpoint("")
-    assert str(missing) in str(e.value)
-    missing.parent.mkdir()
-    missing.write_bytes(b"x")
-    assert sn.resolve_checkpoint("") == missing
-    monkeypatch.undo()
-    assert sn.DEFAULT_CHECKPOINT == Path(sn.__file__).resolve().parent / "models" / "demo.safetensors"
-
-
-def test_class_names_payload_is_json_with_palette():
-    from m3l_ros.node_model import class_names_json
-
-    payload = json.loads(class_names_json(["floor", "wall"], np.array([[1, 2, 3], [4, 5, 6]], np.uint8)))
-    assert payload == {"class_names": ["floor", "wall"], "palette": [[1, 2, 3], [4, 5, 6]], "label_encoding": "mono8"}
-    assert json.loads(class_names_json([str(i) for i in range(300)], np.zeros((300, 3))))["label_encoding"] == "16UC1"

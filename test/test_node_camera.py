@@ -9,7 +9,7 @@ one mode, ``rgbd``, while the camera runs; when the camera stops (both streams t
 mode goes straight to ``no_input``.
 
 BEST_EFFORT at 640x480 on Fast DDS's defaults loses fragments *in the publisher's* 512 KB
-shared-memory segment (measured: 20-45 % of RGB and 50-70 % of depth frames lost, whatever the
+shared-memory segment (measured: 9-25 % of RGB and 43-84 % of depth frames lost, whatever the
 subscriber does; see the README's node section), so that camera process alone gets the
 documented publisher-side profile, as the README tells users of such cameras. The node never
 gets one.
@@ -29,8 +29,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ros_helpers import REPO, NodeProcess  # noqa: E402
+from ros_helpers import REPO, NodeProcess
 
 SECONDS, RATE = 32.0, 15.0
 NS = "/m3l_cam"
@@ -77,9 +76,10 @@ def test_default_node_at_camera_resolution_reliable_and_best_effort(tmp_path):
     for var in PROFILE_VARS:
         env.pop(var, None)
     node = NodeProcess(["-r", f"__ns:={NS}"], env=env, log_path=tmp_path / "node.log")
-    probe = GraphProbe(domain, "m3l_camera_test")
+    probe = None
     fqn = f"{NS}/segment_node"
     try:
+        probe = GraphProbe(domain, "m3l_camera_test")
         probe.subscribe("mode", String, f"{fqn}/mode", latched_qos())
         probe.subscribe("class_names", String, f"{fqn}/class_names", latched_qos())
         probe.subscribe("diagnostics", DiagnosticArray, "/diagnostics", 10)
@@ -126,5 +126,6 @@ def test_default_node_at_camera_resolution_reliable_and_best_effort(tmp_path):
         assert "Traceback" not in out
         assert "subscribing reliable" in out and "subscribing best_effort" in out
     finally:
-        probe.close()
+        if probe is not None:
+            probe.close()
         node.stop()

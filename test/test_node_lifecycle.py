@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ros_helpers import REPO, Harness  # noqa: E402
+from ros_helpers import REPO, Harness
 
 NS, NAME = "/m3l_lc", "segment_node"
 FQN = f"{NS}/{NAME}"
@@ -79,11 +78,12 @@ def test_lifecycle_transitions_through_the_services(tiny_checkpoint, tmp_path):
 
     domain = pick_domain_id()
     proc = _start(tiny_checkpoint, tmp_path, ros_env(domain))
-    h = Harness(domain, NS, NAME, f"{NS}/rgb/image", f"{NS}/depth/image", f"{NS}/rgb/camera_info")
-    lc = Lifecycle(h)
     rng = np.random.default_rng(0)
     rgb, depth = rng.integers(0, 256, (H, W, 3), dtype=np.uint8), rng.integers(500, 4000, (H, W)).astype(np.uint16)
+    h = None
     try:
+        h = Harness(domain, NS, NAME, f"{NS}/rgb/image", f"{NS}/depth/image", f"{NS}/rgb/camera_info")
+        lc = Lifecycle(h)
         assert lc.state() == "unconfigured"
         assert "loading the model" not in proc.output()  # nothing loaded before configure
         assert h.node.count_publishers(f"{FQN}/labels") == 0
@@ -121,7 +121,8 @@ def test_lifecycle_transitions_through_the_services(tiny_checkpoint, tmp_path):
         assert proc.wait(30) == 0, proc.output()
         assert "Traceback" not in proc.output()
     finally:
-        h.close()
+        if h is not None:
+            h.close()
         proc.stop()
 
 

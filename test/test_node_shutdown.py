@@ -6,14 +6,12 @@ loads). Processes only; each case runs its own node on its own graph, all cases 
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ros_helpers import NodeProcess  # noqa: E402
+from ros_helpers import NodeProcess
 
 READY, LOADING = "ready:", "loading the model"
 # name -> (log line to wait for, [(signal, delay before it in s)])

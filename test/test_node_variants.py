@@ -1,15 +1,15 @@
 """segment_node variants, each its own process: compressed inputs (issue 9 item 8) and a uni-modal
-RGB checkpoint (issue 9 item 7), plus the ROS-free input rules they rely on."""
+RGB checkpoint (issue 9 item 7), plus ROS-free tests of the node's input rules, checkpoint choice and
+class list payload."""
 from __future__ import annotations
 
-import sys
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ros_helpers import Harness, NodeProcess  # noqa: E402
+from ros_helpers import Harness, NodeProcess
 
 H, W = 48, 64
 
@@ -58,6 +58,29 @@ def test_raw_depth_uses_the_one_depth_rule():
     assert np.isnan(metres[0, [0, 2, 3]]).all() and metres[0, 1] == np.float32(1.0)
 
 
+def test_empty_checkpoint_means_the_bundled_demo_model(monkeypatch, tmp_path):
+    import m3l_ros.node_params as sn
+
+    missing = tmp_path / "models" / "demo.safetensors"
+    monkeypatch.setattr(sn, "DEFAULT_CHECKPOINT", missing)
+    with pytest.raises(sn.StartupError, match="bundled demo model") as e:
+        sn.resolve_checkpoint("")
+    assert str(missing) in str(e.value)
+    missing.parent.mkdir()
+    missing.write_bytes(b"x")
+    assert sn.resolve_checkpoint("") == missing
+    monkeypatch.undo()
+    assert sn.DEFAULT_CHECKPOINT == Path(sn.__file__).resolve().parent / "models" / "demo.safetensors"
+
+
+def test_class_names_payload_is_json_with_palette():
+    from m3l_ros.node_model import class_names_json
+
+    payload = json.loads(class_names_json(["floor", "wall"], np.array([[1, 2, 3], [4, 5, 6]], np.uint8)))
+    assert payload == {"class_names": ["floor", "wall"], "palette": [[1, 2, 3], [4, 5, 6]], "label_encoding": "mono8"}
+    assert json.loads(class_names_json([str(i) for i in range(300)], np.zeros((300, 3))))["label_encoding"] == "16UC1"
+
+
 # -- processes ----------------------------------------------------------------------------------------------
 def _node(tmp_path, domain, ns, ckpt, *extra):
     from m3l_ros.procs import ros_env
@@ -84,11 +107,12 @@ def test_compressed_inputs_png_exact_jpeg_close_malformed_counted(tiny_checkpoin
     domain, ns = pick_domain_id(), "/m3l_cmp"
     proc = _node(tmp_path, domain, ns, tiny_checkpoint, "-p", "image_transport:=compressed",
                  "-p", f"max_input_pixels:={H * W}")
-    h = Harness(domain, ns, "segment_node", f"{ns}/unused/rgb", f"{ns}/unused/depth", f"{ns}/rgb/camera_info")
-    # the harness's own publishers are raw Image ones; the compressed topics get CompressedImage publishers
-    h.pub["rgb"] = h.publisher(CompressedImage, f"{ns}/rgb/image/compressed")
-    h.pub["depth"] = h.publisher(CompressedImage, f"{ns}/depth/image/compressedDepth")
+    h = None
     try:
+        h = Harness(domain, ns, "segment_node", f"{ns}/unused/rgb", f"{ns}/unused/depth", f"{ns}/rgb/camera_info")
+        # the harness's own publishers are raw Image ones; the compressed topics get CompressedImage publishers
+        h.pub["rgb"] = h.publisher(CompressedImage, f"{ns}/rgb/image/compressed")
+        h.pub["depth"] = h.publisher(CompressedImage, f"{ns}/depth/image/compressedDepth")
         assert h.spin_until(lambda: h.class_names() is not None, 120, children=[proc]), proc.tail()
         assert h.spin_until(lambda: h.node.count_subscribers(f"{ns}/rgb/image/compressed") == 1
                             and h.node.count_subscribers(f"{ns}/depth/image/compressedDepth") == 1, 30)
@@ -125,12 +149,13 @@ def test_compressed_inputs_png_exact_jpeg_close_malformed_counted(tiny_checkpoin
         want = ("rgb.corrupt_data", "rgb.unsupported_format", "depth.data_too_short", "rgb.too_many_pixels")
         assert h.spin_until(lambda: (d := h.latest_diagnostics()) is not None
                             and all(int(d.get(f"rejected.{k}", 0)) == 1 for k in want), 30), h.latest_diagnostics()
-        out = proc.output()
-        assert f"dropped a message on {ns}/rgb/image/compressed: field 'data'" in out
-        assert "field 'format'" in out and "Traceback" not in out
+        needles = (f"dropped a message on {ns}/rgb/image/compressed: field 'data'", "field 'format'")
+        assert h.spin_until(lambda: all(n in proc.output() for n in needles), 30), proc.output()  # log flushes late
+        assert "Traceback" not in proc.output()
         assert proc.alive()
     finally:
-        h.close()
+        if h is not None:
+            h.close()
         proc.stop()
 
 
@@ -153,8 +178,9 @@ def test_uni_modal_rgb_checkpoint_reports_rgb_only_as_healthy(tmp_path):
     rgb, _ = _scene()
     domain, ns = pick_domain_id(), "/m3l_uni"
     proc = _node(tmp_path, domain, ns, ckpt)
-    h = Harness(domain, ns, "segment_node", f"{ns}/rgb/image", f"{ns}/depth/image", f"{ns}/rgb/camera_info")
+    h = None
     try:
+        h = Harness(domain, ns, "segment_node", f"{ns}/rgb/image", f"{ns}/depth/image", f"{ns}/rgb/camera_info")
         assert h.spin_until(lambda: h.class_names() is not None, 120, children=[proc]), proc.tail()
 
         def tick() -> None:
@@ -168,5 +194,6 @@ def test_uni_modal_rgb_checkpoint_reports_rgb_only_as_healthy(tmp_path):
         assert h.node.count_subscribers(f"{ns}/depth/image") == 0  # the model has no depth branch
         assert "the checkpoint has no depth branch; not subscribing" in proc.output()
     finally:
-        h.close()
+        if h is not None:
+            h.close()
         proc.stop()
