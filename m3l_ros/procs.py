@@ -12,6 +12,7 @@ RealSense driver's), which Fast DDS delivers at camera resolution with its defau
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import shutil
@@ -82,9 +83,9 @@ def ros_environment(domain_id: int) -> Iterator[dict[str, str]]:
 
 def ros2_executable() -> str | None:
     """The upstream ``ros2`` CLI next to this Python (or on PATH) when launch_ros is importable, else None."""
-    try:
-        import launch_ros  # noqa: F401
-    except ImportError:
+    # find_spec, not import: importing launch_ros here would load launch/rclpy machinery into the
+    # caller's process (a test session) for no use; only the ``ros2`` child process needs it.
+    if importlib.util.find_spec("launch_ros") is None:
         return None
     here = Path(sys.executable).parent / "ros2"
     return str(here) if here.is_file() else shutil.which("ros2")

@@ -87,9 +87,6 @@ def _run(args: list[str] | None, *, lifecycle: bool) -> int:
 
         from m3l_ros.node_params import StartupError
         from m3l_ros.node_shells import SegmentLifecycleNode, SegmentNode
-        from m3l_ros.ros_session import use_large_image_transport
-
-        use_large_image_transport()  # its ~/colored output is camera-size too
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         try:
             node = SegmentLifecycleNode() if lifecycle else SegmentNode()

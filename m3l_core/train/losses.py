@@ -63,16 +63,13 @@ def ohem_keep_mask(
         return valid & (p <= threshold)
 
 
-def ohem_cross_entropy(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    thresh: float = 0.7,
-    min_kept: int = 0,
-    ignore_index: int = 255,
-) -> torch.Tensor:
-    """Mean cross-entropy over the pixels :func:`ohem_keep_mask` keeps (0 if none is labeled)."""
-    keep = ohem_keep_mask(logits, target, thresh=thresh, min_kept=min_kept, ignore_index=ignore_index)
+def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = 255,
+                       **ohem: float) -> torch.Tensor:
+    """Mean cross-entropy over the pixels :func:`ohem_keep_mask` keeps (0 if none is labeled).
+
+    ``ohem`` are :func:`ohem_keep_mask`'s ``thresh`` and ``min_kept``.
+    """
+    keep = ohem_keep_mask(logits, target, ignore_index=ignore_index, **ohem)
     if not bool(keep.any()):
         return logits.float().sum() * 0.0  # keeps the graph (DDP) and yields zero gradients
     masked = torch.where(keep, target, torch.full_like(target, ignore_index))
