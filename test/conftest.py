@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +24,11 @@ _paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and
 os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *_paths])
 # Makes assigning a large ``data`` field 100x slower (see docs); never inherit it.
 os.environ.pop("ROS_PYTHON_CHECK_FIELDS", None)
+# A shell without job control starts background jobs with SIGINT ignored, and an ignored signal stays
+# ignored across exec: `ros2 launch` started by the tests would then never stop on Ctrl-C. Restore it,
+# so children start with the default disposition whatever started this run.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # Converted-model cache (OpenVINO/ONNX conversions of checkpoints): one private directory per run,
 # shared by this process and its children, removed at exit; the user's ~/.cache is never touched.
 _CACHE = tempfile.mkdtemp(prefix="m3l-test-cache-")
