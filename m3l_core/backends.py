@@ -182,13 +182,24 @@ class OpenVinoRunner:
     def __init__(self, model_path: str, precision: str, num_threads: int) -> None:
         import openvino as ov
 
-        core = ov.Core()
-        blobs = blob_cache_dir()
-        if blobs is not None:  # OpenVINO's compiled-model cache: later loads skip most of the compilation
-            core.set_property({"CACHE_DIR": str(blobs)})
         config = {"INFERENCE_PRECISION_HINT": self.OV_PRECISION[precision], "INFERENCE_NUM_THREADS": num_threads,
                   "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-        self.compiled = core.compile_model(core.read_model(model_path), "CPU", config)
+        blobs = blob_cache_dir()
+        try:
+            core = ov.Core()
+            if blobs is not None:  # OpenVINO's compiled-model cache: later loads skip most of the compilation
+                core.set_property({"CACHE_DIR": str(blobs)})
+            self.compiled = core.compile_model(core.read_model(model_path), "CPU", config)
+        except RuntimeError as e:
+            if blobs is None:
+                raise
+            # Several processes compiling the same model at once race on the same blob file in
+            # OpenVINO's cache ("cannot set permissions: No such file"); the cache is only an
+            # optimisation, so compile without it.
+            log.warning("OpenVINO compiled-model cache %s failed (%s); compiling without it", blobs,
+                        str(e).strip().splitlines()[-1] if str(e).strip() else e)
+            core = ov.Core()
+            self.compiled = core.compile_model(core.read_model(model_path), "CPU", config)
         self.request = self.compiled.create_infer_request()
         # A port may carry several tensor names (e.g. "present" and the Cast that reads it).
         self.inputs = graph_inputs([next((n for n in sorted(i.get_names()) if n in INPUT_NAMES), i.get_any_name())
