@@ -9,6 +9,7 @@ OpenVINO ``.xml`` or TensorRT engine is self-describing (see m3l_core/export.py)
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -102,9 +103,7 @@ def resolve_precision(precision: str | None, backend: str, device: torch.device)
     if backend == "onnxruntime" and precision != "fp32":
         raise ValueError("backend 'onnxruntime' runs fp32 only; use backend 'openvino' or 'torch' for bf16")
     if backend == "openvino" and precision != "fp32":
-        import openvino as ov
-
-        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        caps = openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         if precision.upper() not in caps:
             raise ValueError(f"OpenVINO's CPU plugin cannot run {precision} on this CPU (capabilities {list(caps)})")
     if backend == "tensorrt" and precision == "bf16":
@@ -173,6 +172,23 @@ class OnnxRuntimeRunner:
         return torch.from_numpy(out)
 
 
+@functools.lru_cache(maxsize=1)
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, never destroyed.
+
+    OpenVINO's CPU plugin installs its own signal stack (``sigaltstack``) on the thread that
+    creates it and unmaps that memory when the plugin is destroyed, even when the destruction runs
+    on another thread (Python's garbage collector, an executor thread). The creating thread then
+    keeps an alternate signal stack pointing at unmapped memory, and the next signal it handles
+    (e.g. the SIGCHLD handler of a torch DataLoader, on a child's exit) kills the process with
+    SIGSEGV and no traceback. One Core for the whole process keeps the plugin, and its signal
+    stack, alive until exit.
+    """
+    import openvino as ov
+
+    return ov.Core()
+
+
 class OpenVinoRunner:
     """OpenVINO on the CPU; precision through INFERENCE_PRECISION_HINT, threads through INFERENCE_NUM_THREADS."""
 
@@ -180,16 +196,15 @@ class OpenVinoRunner:
     OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
     def __init__(self, model_path: str, precision: str, num_threads: int) -> None:
-        import openvino as ov
-
         config = {"INFERENCE_PRECISION_HINT": self.OV_PRECISION[precision], "INFERENCE_NUM_THREADS": num_threads,
                   "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         blobs = blob_cache_dir()
+        core = openvino_core()
         try:
-            core = ov.Core()
-            if blobs is not None:  # OpenVINO's compiled-model cache: later loads skip most of the compilation
-                core.set_property({"CACHE_DIR": str(blobs)})
-            self.compiled = core.compile_model(core.read_model(model_path), "CPU", config)
+            # OpenVINO's compiled-model cache (per compilation, not on the shared Core): later loads
+            # skip most of the compilation.
+            cached = {**config, "CACHE_DIR": str(blobs)} if blobs is not None else config
+            self.compiled = core.compile_model(core.read_model(model_path), "CPU", cached)
         except RuntimeError as e:
             if blobs is None:
                 raise
@@ -198,7 +213,6 @@ class OpenVinoRunner:
             # optimisation, so compile without it.
             log.warning("OpenVINO compiled-model cache %s failed (%s); compiling without it", blobs,
                         str(e).strip().splitlines()[-1] if str(e).strip() else e)
-            core = ov.Core()
             self.compiled = core.compile_model(core.read_model(model_path), "CPU", config)
         self.request = self.compiled.create_infer_request()
         # A port may carry several tensor names (e.g. "present" and the Cast that reads it).

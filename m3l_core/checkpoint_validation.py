@@ -34,6 +34,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "model.num_classes": (1, 4096),
     "model.decoder_dim": (1, 4096),
     "model.fusion_alpha": (0.0, 1.0),
+    "model.tokenfusion_threshold": (0.0, 1.0),
     "model.drop_path_rate": (0.0, 1.0),
     "model.decoder_dropout": (0.0, 1.0),
     "preprocessing.ignore_index": (0, 65535),  # labels travel as mono8 or 16UC1

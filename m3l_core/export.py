@@ -185,9 +185,9 @@ def read_artifact_metadata(path: str | os.PathLike) -> dict[str, Any]:
             props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
             raw = props.get(META_KEY)
         elif kind == "openvino":
-            import openvino as ov
+            from m3l_core.backends import openvino_core
 
-            model = ov.Core().read_model(str(path))
+            model = openvino_core().read_model(str(path))
             raw = model.get_rt_info([META_KEY]).astype(str) if model.has_rt_info([META_KEY]) else None
         elif kind == "tensorrt":
             meta_path = sidecar(path)

@@ -12,6 +12,10 @@ A missing modality is declared per sample through ``present``. With
 student and the robot at test time); without, its input is zeroed (the paper's
 baselines). Either way, the values of a missing input never reach the output.
 
+The paper's other fusions are configurations of the same class (``ModelConfig.fusion``,
+m3l_core/fusion.py, docs/baselines.md): TokenFusion on the same shared encoder, and URN with two
+encoders whose features are averaged.
+
 The model knows nothing about losses, labels or random masking.
 
 ``align_corners``, ``layernorm_eps``, ``token_init`` and ``freeze_bn`` reproduce the authors'
@@ -26,23 +30,19 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models.pvt_v2 import PyramidVisionTransformerV2, checkpoint_filter_fn
+from timm.models.pvt_v2 import checkpoint_filter_fn
+
+from m3l_core.fusion import LinearFusion, TokenFusion, mean_over_present, scores_per_sample
+from m3l_core.mit import BACKBONES, ModalityLayerNorm, build_mit_encoder
+
+__all__ = ["BACKBONES", "FUSIONS", "MODALITIES", "LinearFusion", "LinearFusionSegFormer", "ModalityLayerNorm",
+           "ModelConfig", "SegFormerHead", "count_parameters", "upsample_logits"]
 
 MODALITIES = ("rgb", "depth")
 TOKEN_INITS = ("trunc_normal", "randn")
-
-# Official SegFormer MiT numbers (Xie et al. 2021). MLP ratio 4 everywhere is
-# what makes timm's PVTv2 exactly MiT. "tiny" exists for fast tests.
-BACKBONES: dict[str, dict[str, tuple[int, ...]]] = {
-    "tiny": dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4)),
-    "mit_b0": dict(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), num_heads=(1, 2, 5, 8)),
-    "mit_b1": dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 2, 2), num_heads=(1, 2, 5, 8)),
-    "mit_b2": dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3), num_heads=(1, 2, 5, 8)),
-    "mit_b3": dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 18, 3), num_heads=(1, 2, 5, 8)),
-    "mit_b4": dict(embed_dims=(64, 128, 320, 512), depths=(3, 8, 27, 3), num_heads=(1, 2, 5, 8)),
-    "mit_b5": dict(embed_dims=(64, 128, 320, 512), depths=(3, 6, 40, 3), num_heads=(1, 2, 5, 8)),
-}
-
+# How the two modalities meet (m3l_core/fusion.py, docs/baselines.md): Linear Fusion (the paper's
+# model), TokenFusion and URN (the paper's Table 4/5 baselines).
+FUSIONS = ("linear", "tokenfusion", "urn")
 
 @dataclass
 class ModelConfig:
@@ -61,6 +61,10 @@ class ModelConfig:
     layernorm_eps: float | None = None  # None: timm's (1e-5 patch-embed/SR norms, 1e-6 others); reference: 1e-6
     token_init: str = "trunc_normal"  # missing token: trunc_normal std 0.02 (project) | randn std 1 (reference)
     freeze_bn: bool = False  # decoder BatchNorm stays in eval mode while training; reference: True
+    # Baselines as configuration (docs/baselines.md). Checkpoints written before these fields
+    # existed have no "fusion" key and load as "linear".
+    fusion: str = "linear"  # linear (LF) | tokenfusion (TF) | urn (two encoders, averaged features)
+    tokenfusion_threshold: float = 0.02  # TF: a token whose score is below this is substituted (reference: 0.02)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -79,6 +83,23 @@ class ModelConfig:
             raise ValueError(f"model.layernorm_eps must be in (0, 1) or null, got {self.layernorm_eps}")
         if self.token_init not in TOKEN_INITS:
             raise ValueError(f"model.token_init must be one of {TOKEN_INITS}, got {self.token_init!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"model.fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.fusion != "linear" and len(self.modalities) != 2:
+            raise ValueError(f"model.fusion={self.fusion!r} needs both modalities {MODALITIES}, "
+                             f"got model.modalities={list(self.modalities)}")
+        if not 0.0 <= self.tokenfusion_threshold <= 1.0:
+            raise ValueError(f"model.tokenfusion_threshold must be in [0, 1], got {self.tokenfusion_threshold}")
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The outputs that are trained: URN has one decoder and one prediction; LF and TF
+        predict per branch and ensemble; a uni-modal model predicts its one modality."""
+        if self.fusion == "urn":
+            return ("ensemble",)
+        if len(self.modalities) == 1:
+            return self.modalities
+        return ("ensemble",) + self.modalities
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -91,68 +112,6 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config field(s): {sorted(unknown)}")
         return cls(**d)
-
-
-class ModalityLayerNorm(nn.Module):
-    """LayerNorm with one affine parameter set per modality.
-
-    The input holds the modalities stacked on the batch axis (modality-major),
-    so normalisation runs once without affine and the per-modality weight and
-    bias broadcast over a ``(M, B, ...)`` view.
-    """
-
-    def __init__(self, dim: int, num_modalities: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.dim = dim
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_modalities, dim))
-        self.bias = nn.Parameter(torch.zeros(num_modalities, dim))
-
-    @classmethod
-    def from_layernorm(cls, ln: nn.LayerNorm, num_modalities: int, eps: float | None = None) -> "ModalityLayerNorm":
-        """Copy ``ln`` into every modality slot; ``eps`` overrides its epsilon when given."""
-        new = cls(ln.normalized_shape[0], num_modalities, eps=ln.eps if eps is None else eps)
-        with torch.no_grad():
-            new.weight.copy_(ln.weight.detach().expand_as(new.weight))
-            new.bias.copy_(ln.bias.detach().expand_as(new.bias))
-        return new
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.weight.shape[0]
-        y = F.layer_norm(x, (self.dim,), eps=self.eps)
-        y = y.view(m, -1, *y.shape[1:])
-        shape = (m,) + (1,) * (y.dim() - 2) + (self.dim,)
-        y = y * self.weight.view(shape).to(y.dtype) + self.bias.view(shape).to(y.dtype)
-        return y.view(x.shape)
-
-    def extra_repr(self) -> str:
-        return f"{self.dim}, modalities={self.weight.shape[0]}, eps={self.eps}"
-
-
-class LinearFusion(nn.Module):
-    """Mixes the attention outputs of the two branches (paper Eq. 5).
-
-    ``a_m' = alpha * a_m + (1 - alpha) * a_other``. Installed in place of the
-    attention's output dropout, i.e. after the output projection and before the
-    residual add, as in the reference implementation. This is the one place
-    where the branches meet inside the encoder.
-    """
-
-    def __init__(self, alpha: float, num_modalities: int, dropout: nn.Module) -> None:
-        super().__init__()
-        self.alpha = alpha
-        self.num_modalities = num_modalities
-        self.dropout = dropout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(x)
-        if self.num_modalities == 1:
-            return x
-        x = x.view(2, -1, *x.shape[1:])
-        return (self.alpha * x + (1.0 - self.alpha) * x.flip(0)).view(-1, *x.shape[2:])
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}"
 
 
 class SegFormerHead(nn.Module):
@@ -181,31 +140,36 @@ class SegFormerHead(nn.Module):
 
 
 class LinearFusionSegFormer(nn.Module):
-    """The one model class: Linear Fusion, and uni-modal SegFormer as configuration."""
+    """The one model class: Linear Fusion, and the paper's baselines as configuration.
+
+    ``config.fusion`` picks how the branches meet (m3l_core/fusion.py, docs/baselines.md):
+
+    - ``linear``: one weight-shared encoder, both branches in one batched pass, attention
+      outputs mixed in every block; one prediction per branch plus the trained ensemble. With
+      one modality it is the uni-modal SegFormer.
+    - ``tokenfusion``: the same shared encoder and batched pass, with TokenFusion's scoring and
+      token substitution in every block instead of the linear mix; also returns
+      ``token_scores`` for the L1 sparsity loss.
+    - ``urn``: two encoders that share nothing (``encoder`` for RGB, ``depth_encoder``), run one
+      after the other (the two-encoder baseline by definition, about 2x the parameters); each
+      stage's features are averaged over the modalities present per sample, one decoder
+      predicts ``ensemble`` only. A missing modality is left out of the mean, so URN has no
+      learned token (``missing_token`` is ignored).
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         m = len(config.modalities)
         arch = BACKBONES[config.backbone]
-        self.encoder = PyramidVisionTransformerV2(
-            in_chans=3,
-            num_classes=0,
-            mlp_ratios=(4, 4, 4, 4),
-            sr_ratios=(8, 4, 2, 1),
-            qkv_bias=True,
-            drop_path_rate=config.drop_path_rate,
-            **arch,
-        )
-        for name, module in list(self.encoder.named_modules()):
-            for child_name, child in list(module.named_children()):
-                if isinstance(child, nn.LayerNorm):
-                    setattr(module, child_name, ModalityLayerNorm.from_layernorm(child, m, eps=config.layernorm_eps))
-        for stage in self.encoder.stages:
-            for block in stage.blocks:
-                block.attn.proj_drop = LinearFusion(config.fusion_alpha, m, block.attn.proj_drop)
+        urn = config.fusion == "urn"
+        # URN: one single-modality encoder per modality; otherwise one shared by all branches.
+        enc = dict(backbone=config.backbone, drop_path_rate=config.drop_path_rate, layernorm_eps=config.layernorm_eps)
+        self.encoder = build_mit_encoder(num_modalities=1 if urn else m, **enc,
+                                         fusion_alpha=config.fusion_alpha if config.fusion == "linear" else None)
+        self.depth_encoder = build_mit_encoder(num_modalities=1, **enc) if urn else None
         dims = tuple(arch["embed_dims"])
-        self.missing_token = nn.Parameter(torch.zeros(dims[0])) if config.missing_token else None
+        self.missing_token = nn.Parameter(torch.zeros(dims[0])) if config.missing_token and not urn else None
         if self.missing_token is not None:
             if config.token_init == "randn":  # the reference: torch.randn(dim)
                 with torch.no_grad():
@@ -214,7 +178,8 @@ class LinearFusionSegFormer(nn.Module):
                 nn.init.trunc_normal_(self.missing_token, std=0.02)
         self.decoder = SegFormerHead(dims, config.decoder_dim, config.num_classes, config.decoder_dropout)
         # Ensemble weights (paper Eq. 6), trained; softmax keeps them a convex combination.
-        self.ensemble_logits = nn.Parameter(torch.zeros(m)) if m == 2 else None
+        self.ensemble_logits = nn.Parameter(torch.zeros(m)) if m == 2 and not urn else None
+        self.token_fusion = TokenFusion(dims, config.tokenfusion_threshold) if config.fusion == "tokenfusion" else None
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -250,7 +215,8 @@ class LinearFusionSegFormer(nn.Module):
             present: (B, 2) bool, columns [rgb, depth]; None means all present.
 
         Returns:
-            ``{"ensemble", <modality>...}`` logits, each (B, C, H, W).
+            ``{"ensemble", <modality>...}`` logits, each (B, C, H, W) (URN: ``ensemble`` only);
+            TF adds ``token_scores`` (B, K).
         """
         inputs = {"rgb": rgb, "depth": depth}
         ref = next(inputs[m] for m in self.modalities if inputs[m] is not None) if any(
@@ -281,37 +247,64 @@ class LinearFusionSegFormer(nn.Module):
             # Baselines: a missing modality is an all-zero input (normalised space).
             x = torch.where(keep[:, None, None, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
 
-        feats = self.encode(x, keep)
+        feats, scores = self._encode(x, keep)
         logits = self.decoder(feats)
-        branches = dict(zip(self.modalities, logits.chunk(len(self.modalities), 0)))
-        if len(self.modalities) == 1:
-            ensemble = logits
+        if self.config.fusion == "urn":
+            out = {"ensemble": logits}  # one decoder on the fused features: one prediction
         else:
-            # The ensemble trains only its weights (the reference detaches the branches).
-            wts = self.ensemble_weights().to(logits.dtype)
-            ensemble = wts[0] * branches["rgb"].detach() + wts[1] * branches["depth"].detach()
-        out = {"ensemble": ensemble, **branches}
-        return {k: upsample_logits(v, (h, w), align_corners=self.config.align_corners) for k, v in out.items()}
+            branches = dict(zip(self.modalities, logits.chunk(len(self.modalities), 0)))
+            if len(self.modalities) == 1:
+                ensemble = logits
+            else:
+                # The ensemble trains only its weights (the reference detaches the branches).
+                wts = self.ensemble_weights().to(logits.dtype)
+                ensemble = wts[0] * branches["rgb"].detach() + wts[1] * branches["depth"].detach()
+            out = {"ensemble": ensemble, **branches}
+        out = {k: upsample_logits(v, (h, w), align_corners=self.config.align_corners) for k, v in out.items()}
+        if scores is not None:
+            out["token_scores"] = scores  # TF: (B, K) in [0, 1], for the L1 sparsity loss; not upsampled
+        return out
 
     def encode(self, x: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor]:
-        """Run the shared encoder on modality-stacked input; returns 4 NCHW feature maps."""
-        enc = self.encoder
+        """Modality-stacked input -> the 4 NCHW feature maps the decoder sees.
+
+        LF/TF: the shared encoder's features of every branch (still stacked). URN: per stage,
+        the mean of the two encoders' features over the modalities present in each sample.
+        """
+        return self._encode(x, keep)[0]
+
+    def _encode(self, x: torch.Tensor, keep: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        if self.depth_encoder is None:
+            feats, scores = self.encoder_features(self.encoder, x, keep)
+            return feats, (scores_per_sample(scores) if self.token_fusion is not None else None)
+        # URN: each modality through its own encoder, one after the other.
+        per_modality = [self.encoder_features(enc, part, k)[0] for enc, part, k in
+                        zip((self.encoder, self.depth_encoder), x.chunk(2, 0), keep.chunk(2, 0))]
+        keep = keep.view(2, -1)
+        return [mean_over_present(list(stage_feats), keep) for stage_feats in zip(*per_modality)], None
+
+    def encoder_features(self, enc: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One encoder on (modality-stacked) input: 4 NCHW feature maps and TF's per-block scores."""
         x = enc.patch_embed(x)  # (M*B, H/4, W/4, C), already normalised
         if self.missing_token is not None:
             token = self.missing_token.to(x.dtype).view(1, 1, 1, -1)
             x = torch.where(keep[:, None, None, None], x, token)
-        feats = []
-        for stage in enc.stages:
-            x = stage(x)
+        feats, scores = [], []
+        for i, stage in enumerate(enc.stages):
+            if self.token_fusion is None:
+                x = stage(x)
+            else:
+                x, stage_scores = self.token_fusion.run_stage(stage, x, i)
+                scores.extend(stage_scores)
             feats.append(x)
-        return feats
+        return feats, scores
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named parameter groups for the optimizer.
 
-        ``encoder``: shared encoder weights. ``encoder_norm``: every LayerNorm
-        affine, biases, the missing token and the ensemble weights (no weight
-        decay). ``decoder``: the decode head.
+        ``encoder``: encoder weights (URN: both encoders; TF: also its scorers' weights).
+        ``encoder_norm``: every LayerNorm affine, biases, the missing token and the
+        ensemble weights (no weight decay). ``decoder``: the decode head.
         """
         groups: dict[str, list[nn.Parameter]] = {"encoder": [], "encoder_norm": [], "decoder": []}
         norm_ids = {id(p) for mod in self.modules() if isinstance(mod, ModalityLayerNorm) for p in mod.parameters()}
@@ -328,8 +321,9 @@ class LinearFusionSegFormer(nn.Module):
         """Load an official SegFormer ``mit_bX.pth`` ImageNet checkpoint from a path.
 
         Keys go through timm's own remapping; each LayerNorm is copied into
-        every modality slot. The load is strict apart from parameters that do
-        not exist in an ImageNet encoder (token, ensemble, decoder).
+        every modality slot (URN: into both encoders, as the reference does). The load
+        is strict apart from parameters that do not exist in an ImageNet encoder
+        (token, ensemble, TF scorers, decoder).
         """
         state = _read_pretrained(path)
         return self.load_encoder_state(state, source=path)
@@ -353,7 +347,11 @@ class LinearFusionSegFormer(nn.Module):
                 f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
                 f"wrong shape {bad_shape[:5]}")
         self.encoder.load_state_dict(fixed, strict=True)
-        return {"loaded": sorted(fixed), "new": ["missing_token", "ensemble_logits", "decoder.*"]}
+        new = [n for n, mod in (("missing_token", self.missing_token), ("ensemble_logits", self.ensemble_logits),
+                                ("token_fusion.*", self.token_fusion)) if mod is not None] + ["decoder.*"]
+        if self.depth_encoder is not None:  # URN: both encoders start from the same ImageNet weights
+            self.depth_encoder.load_state_dict(fixed, strict=True)
+        return {"loaded": sorted(fixed), "new": new}
 
 
 def _read_pretrained(path: str) -> dict[str, torch.Tensor]:

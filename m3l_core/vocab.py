@@ -36,6 +36,9 @@ CONDITIONS: tuple[str, ...] = tuple(CONDITION_PRESENCE)
 CONDITION_TITLES: dict[str, str] = {"rgbd": "RGB-D", "rgb": "RGB only", "depth": "Depth only",
                                     "mm_robust": "MM-Robust"}
 
+# Label value that marks pixels without a class (unlabeled, invalid); the datasets' default.
+IGNORE_INDEX: int = 255
+
 # Numeric precisions by name (the torch dtypes live in m3l_core.inference, which imports torch).
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 

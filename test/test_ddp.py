@@ -69,8 +69,12 @@ def _no_ignore_dataset(root):
     return root
 
 
-def test_two_process_training_equals_single_process_training(tmp_path):
+@pytest.mark.parametrize("name", ["synthetic_sup", "synthetic_cps"])
+def test_two_process_training_equals_single_process_training(name, tmp_path):
     """2 ranks x batch 1 = 1 rank x batch 2, when nothing depends on the per-rank batch.
+
+    ``synthetic_cps``: the two CPS networks in one DDP wrap (labeled rows only: this data has no
+    unlabeled split); the exported network A and both networks of the state must agree.
 
     That needs frozen BatchNorm (per-rank batch statistics otherwise), no dropout (its draws
     derive from the rank), crops without padding and OHEM keeping every pixel (per-rank means
@@ -84,14 +88,15 @@ def test_two_process_training_equals_single_process_training(tmp_path):
 
     data = _no_ignore_dataset(tmp_path / "data")
     sets = [*TINY, "max_iters=2", "eval_every=0", "save_every=0", "data.scales=[1.0]", "model.freeze_bn=true",
-            "model.drop_path_rate=0", "model.decoder_dropout=0", "loss.ohem_thresh=1.0", "optim.lr=1e-3"]
-    single = load_config(CONFIGS / "synthetic_sup.yaml", [*sets, "labeled_batch=2"], extra={"data": {"root": str(data)}})
+            "model.drop_path_rate=0", "model.decoder_dropout=0", "loss.ohem_thresh=1.0", "optim.lr=1e-3",
+            "unlabeled_batch=0"]
+    single = load_config(CONFIGS / f"{name}.yaml", [*sets, "labeled_batch=2"], extra={"data": {"root": str(data)}})
     train(single, tmp_path / "single", device="cpu")
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "training" / "train_m3l.py"), "--config", str(CONFIGS / "synthetic_sup.yaml"),
+           str(REPO / "training" / "train_m3l.py"), "--config", str(CONFIGS / f"{name}.yaml"),
            "--data", str(data), "--out", str(tmp_path / "ddp"), "--device", "cpu",
            *sum((["--set", s] for s in [*sets, "labeled_batch=1"]), [])]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -107,6 +112,11 @@ def test_two_process_training_equals_single_process_training(tmp_path):
     # near-zero gradients up, so a few weights differ by ~1e-5. Wrong samples per rank or
     # per-rank statistics would differ by the size of a step (~1e-3).
     assert diff < 0.02 * moved, (diff, moved)
+    if name == "synthetic_cps":
+        sa, sb = (load_file(str(next((tmp_path / r / "state").glob("student-*.safetensors")))) for r in ("single", "ddp"))
+        assert any(k.startswith("nets.1.") for k in sa)
+        diff2 = max(float((sa[k] - sb[k]).abs().max()) for k in sa if sa[k].is_floating_point())
+        assert diff2 < 0.02 * moved, (diff2, moved)
     losses = [[json.loads(l)["loss"] for l in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
               for r in ("single", "ddp")]
     assert len(losses[0]) == 2 and losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -30,35 +30,6 @@ def test_benchmark_robustness_usage_errors_exit_2(tmp_path):
     assert _script("benchmark_robustness.py", "--variants", "no_such_variant").returncode == 2
 
 
-def test_benchmark_robustness_reuses_runs_and_writes_each_output_once(tmp_path):
-    """A finished variant in --work is reused; the table, notes and JSON name paths relative to --work."""
-    work, out = tmp_path / "work", tmp_path / "out"
-    spec = dict(labeled=2, unlabeled=2, val=2, test=2, height=32, width=48, seed=0)
-    (work / "data").mkdir(parents=True)
-    (work / "data" / "benchmark_data.json").write_text(json.dumps(spec))
-    settings = dict(data=spec, iters=2, eval_every=2, set=[])
-    (work / "timings.json").write_text(json.dumps(
-        {"lf_sup": {"train_seconds": 120.0, "eval_seconds": 9.0, "settings": settings}}))
-    write_metrics(work / "eval" / "lf_sup", {"rgbd": _scores(30.0), "rgb": _scores(10.0), "depth": _scores(20.0),
-                                            "mm_robust": _scores(20.0)},
-                  info={"checkpoint": str(work / "runs" / "lf_sup" / "model.safetensors"), "data": str(work / "data")})
-    res = _script("benchmark_robustness.py", "--variants", "lf_sup", "--iters", "2", "--eval-every", "2",
-                  "--labeled", "2", "--unlabeled", "2", "--val", "2", "--test", "2", "--height", "32", "--width", "48",
-                  "--work", str(work), "--out", str(out), "--reuse")
-    assert res.returncode == 0, res.stderr
-    assert "reusing" in res.stdout and "$ " not in res.stdout  # nothing was run
-    md = (out / "robustness.md").read_text()
-    assert md.count("| Method |") == 1 and "| LF supervised | 10.00 | 20.00 | 30.00 | 20.00 |" in md
-    assert "| LF supervised | 2.0 | 9 |" in md and "Total time: 2.1 min" in md
-    summary = json.loads((out / "robustness.json").read_text())
-    lf = summary["results"]["LF supervised"]
-    assert lf["checkpoint"] == "runs/lf_sup/model.safetensors" and lf["data"] == "data"
-    assert set(ROWS) <= set(lf) and summary["total_seconds"] == pytest.approx(129.0)
-    for f in ("robustness.md", "robustness.json"):
-        assert str(tmp_path) not in (out / f).read_text(), f
-    assert (out / "robustness.png").stat().st_size > 1000
-
-
 @pytest.mark.timeout(600)
 def test_evaluate_demo_model_writes_a_portable_report(tmp_path):
     out = tmp_path / "demo_eval"

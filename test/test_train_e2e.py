@@ -15,8 +15,8 @@ from m3l_core.data.transforms import TrainTransform, collate
 from m3l_core.inference import Segmenter
 from m3l_core.model import LinearFusionSegFormer
 from m3l_core.train.config import load_config
+from m3l_core.train.cps import CPSPair
 from m3l_core.train.ema import EMATeacher
-from m3l_core.train.losses import heads_for
 from m3l_core.train.masking import plan_batch
 from m3l_core.train.optim import build_optimizer
 from m3l_core.cli.train import main
@@ -31,6 +31,7 @@ FRAMEWORK_CONFIGS = {
     "modality_dropout": "synthetic_md",
     "mean_teacher": "synthetic_mt",
     "m3l": "synthetic_m3l",
+    "cps": "synthetic_cps",
 }
 
 
@@ -77,7 +78,7 @@ def test_framework_runs_end_to_end_and_writes_a_loadable_checkpoint(name, tiny_d
     assert all(np.isfinite(r["loss"]) and r["lr"] > 0 for r in train_recs)
     assert train_recs[0]["lr"] == pytest.approx(cfg.optim.lr)
     assert train_recs[0]["lr_decoder"] == pytest.approx(3 * cfg.optim.lr)
-    if cfg.uses_teacher:
+    if cfg.uses_pseudo:
         assert all(r["loss_pseudo"] > 0 for r in train_recs)
     else:
         assert all(r["loss_pseudo"] == 0 for r in train_recs)
@@ -98,15 +99,17 @@ def test_loss_falls_on_a_fixed_batch(framework, tiny_data):
     samples += [tf({**unlabeled[i], "label": None}, np.random.default_rng(10 + i)) for i in range(n_unl)]
     batch = collate(samples)
     torch.manual_seed(0)
-    model = LinearFusionSegFormer(cfg.model.build(labeled.classes.num_classes))
+    model_cfg = cfg.model.build(labeled.classes.num_classes)
+    model = LinearFusionSegFormer(model_cfg)
+    if framework == "cps":  # two networks, the second initialised differently
+        model = CPSPair(model, LinearFusionSegFormer(model_cfg))
     teacher = EMATeacher(model) if cfg.uses_teacher else None
     opt = build_optimizer(model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     gen = torch.Generator().manual_seed(0)
     losses = []
     for step in range(30):
         plan = plan_batch(cfg.framework, 2, n_unl, gen)
-        out = train_step(model, teacher, batch, plan, opt, cfg=cfg, heads=heads_for(model.modalities),
-                         device=torch.device("cpu"))
+        out = train_step(model, teacher, batch, plan, opt, cfg=cfg, heads=model_cfg.heads, device=torch.device("cpu"))
         if teacher is not None:
             teacher.update(model, step)
         losses.append([out["loss"].item(), out["sup"].item()])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import m3l_core.train.trainer as trainer_mod
+import m3l_core.train.update as update_mod
 from m3l_core.cli.train import main
 from m3l_core.data.transforms import EvalTransform, TrainTransform
 from m3l_core.preprocess import Preprocessing
@@ -38,7 +38,7 @@ def test_a_diverging_learning_rate_stops_with_the_state_saved(tiny_data, tmp_pat
 def test_a_non_finite_step_is_skipped_and_resume_ends_like_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
     sets = ["max_iters=4", "eval_every=0", "save_every=0"]
     full = train(tiny_config("synthetic_sup", tiny_data, *sets), tmp_path / "full", device="cpu")
-    real, calls = trainer_mod.compute_losses, []
+    real, calls = update_mod.compute_losses, []
 
     def nan_at_third_step(*a, **kw):
         losses = real(*a, **kw)
@@ -47,13 +47,13 @@ def test_a_non_finite_step_is_skipped_and_resume_ends_like_an_uninterrupted_run(
             losses["loss"] = losses["loss"] * float("nan")
         return losses
 
-    monkeypatch.setattr(trainer_mod, "compute_losses", nan_at_third_step)
+    monkeypatch.setattr(update_mod, "compute_losses", nan_at_third_step)
     cfg = tiny_config("synthetic_sup", tiny_data, *sets)
     with pytest.raises(NonFiniteLossError, match="training loss is nan at step 3"):
         train(cfg, tmp_path / "parts", device="cpu")
     manifest = json.loads((tmp_path / "parts" / "state" / "manifest.json").read_text())
     assert manifest["step"] == 2
-    monkeypatch.setattr(trainer_mod, "compute_losses", real)
+    monkeypatch.setattr(update_mod, "compute_losses", real)
     res = train(cfg, tmp_path / "parts", device="cpu", resume=True)
     assert res.finished and res.step == 4
     a, b = (load_file(str(r / "last.safetensors")) for r in (tmp_path / "full", tmp_path / "parts"))

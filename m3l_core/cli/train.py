@@ -1,4 +1,4 @@
-"""Train Linear Fusion with M3L or one of its baselines (supervised, modality dropout, mean teacher).
+"""Train Linear Fusion with M3L or one of its baselines (supervised, modality dropout, mean teacher, CPS-Seg).
 
     m3l-train --config config/train/synthetic_m3l.yaml --data data/synthetic --out runs/m3l
     m3l-train --config config/train/stanford_m3l_0.1.yaml --data /data/stanford \\
@@ -8,7 +8,8 @@
 
 (``python training/train_m3l.py`` is the same command.) The run directory gets
 ``model.safetensors`` (best on validation, loadable by ``m3l_core.inference.Segmenter``),
-``last.safetensors`` (final weights), ``state/`` (resumable: student, teacher, optimizer, step),
+``last.safetensors`` (final weights), ``state/`` (resumable: student, teacher, optimizer, step;
+for ``framework: cps`` both networks, of which the first is the exported model),
 ``config.yaml`` (the resolved config), ``metrics.jsonl`` and ``train.log``. Every listed frame is
 checked before step 1 (``data.check``). Ctrl-C (or SIGTERM) stops after the current step with the
 state saved; ``--resume`` continues. Exit codes: 0 done (or --stop-after reached), 1 runtime

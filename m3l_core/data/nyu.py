@@ -47,9 +47,10 @@ import numpy as np
 import yaml
 
 from m3l_core.data.folder import ClassInfo, DatasetError, load_classes, save_classes, validate_classes, write_sample, write_split
+from m3l_core.vocab import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
-IGNORE = 255
+IGNORE = IGNORE_INDEX
 
 
 # --- reading the .mat ---------------------------------------------------------------------------

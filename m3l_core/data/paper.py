@@ -26,6 +26,7 @@ from m3l_core.data.folder import (
     check_sizes,
     read_rgb,
 )
+from m3l_core.vocab import IGNORE_INDEX
 
 STANFORD_CLASSES = (
     "ceiling", "floor", "wall", "beam", "column", "window", "door",
@@ -41,7 +42,7 @@ SUNRGBD_CLASSES = (
 )
 STANFORD_DEPTH_SCALE = 1.0 / 512.0  # metres per unit
 STANFORD_DEPTH_INVALID = 65535
-IGNORE = 255
+IGNORE = IGNORE_INDEX
 
 
 def read_pair_list(path: str | Path) -> list[tuple[str, str, str | None]]:

@@ -1,12 +1,14 @@
-"""Training: the M3L framework and its baselines as configuration of one loop.
+"""Training: the M3L framework and its baselines (incl. CPS-Seg) as configuration of one loop.
 
 ``config`` (the TrainConfig schema; ``typed_yaml`` is its generic YAML engine), ``losses``
 (OHEM and pseudo-label CE), ``masking`` (per-sample modality masks, the batch plan of each
 framework), ``ema`` (the mean teacher), ``optim`` (AdamW groups, poly lr), ``steps`` (which
 samples each rank loads), ``train_data`` (opening and checking the splits), ``init_weights``
-(``model.init``, fine-tuning), ``run_state`` (resumable state, metrics.jsonl, interruptions)
-and ``trainer`` (the loop, DDP). The command line is :mod:`m3l_core.cli.train`
-(``training/train_m3l.py``).
+(``model.init``, fine-tuning), ``run_state`` (resumable state, metrics.jsonl, interruptions),
+``cps`` (CPS-Seg's two-network pair and cross pseudo supervision), ``update`` (one optimizer
+step of any framework) and ``trainer`` (the loop, DDP). The command line is
+:mod:`m3l_core.cli.train` (``training/train_m3l.py``); docs/baselines_training.md describes the
+baseline options.
 """
 from m3l_core.train.config import FRAMEWORKS, ConfigError, TrainConfig, load_config
 from m3l_core.train.ema import EMATeacher, ema_decay

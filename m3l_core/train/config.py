@@ -33,7 +33,7 @@ from m3l_core.vocab import CONDITIONS, MODALITIES, PRECISIONS
 __all__ = ["ConfigError", "DataConfig", "ModelSection", "OptimConfig", "LossConfig", "TrainConfig",
            "load_config", "dump_config", "FRAMEWORKS", "VAL_METRICS", "INIT_RESETS"]
 
-FRAMEWORKS = ("supervised", "modality_dropout", "mean_teacher", "m3l")
+FRAMEWORKS = ("supervised", "modality_dropout", "mean_teacher", "m3l", "cps")
 VAL_METRICS = ("auto", *CONDITIONS, "mm_robust")
 # Parts of a `model.init` checkpoint that may be left fresh (fine-tuning to another class set).
 INIT_RESETS = ("classifier", "missing_token")
@@ -113,22 +113,33 @@ class LossConfig:
     # Steps of sigmoid ramp-up of lambda_pseudo; 0 = the paper (full weight at once, from ImageNet weights).
     # Useful when training from scratch, where the early teacher's labels are noise.
     pseudo_rampup: int = 0
+    # BEYOND THE PAPER (0 = the paper: every teacher pixel is a hard pseudo-label). When > 0, pixels
+    # whose teacher softmax max-probability is below it are left out of the pseudo-label loss
+    # (FixMatch/UniMatch confidence threshold), so a teacher trained from scratch does not teach noise.
+    pseudo_threshold: float = 0.0
     alpha_ema: float = 0.99  # teacher EMA cap: a = min(1 - 1/(step+1), alpha_ema)
+    # cps: weight of the cross pseudo supervision loss (the reference's `cps_weight`; it has no CPS
+    # config, 1.5 is Chen et al.'s Pascal VOC setting). Ramped up by `pseudo_rampup` like lambda_pseudo.
+    cps_weight: float = 1.5
+    # cps: both networks see the same per-sample masked batch (mask_probs), as modality_dropout does.
+    cps_modality_dropout: bool = False
+    # TokenFusion's L1 sparsity loss on its token scores: loss += token_l1 * mean(score) (model.fusion tokenfusion).
+    token_l1: float = 0.0
     # Per-sample masking probabilities for [mask rgb, mask depth, mask nothing]; "equal proportions".
     mask_probs: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
 
 
 @dataclass
 class TrainConfig:
-    framework: str = "m3l"  # supervised | modality_dropout | mean_teacher | m3l
+    framework: str = "m3l"  # supervised | modality_dropout | mean_teacher | m3l | cps (two networks, CPS-Seg)
     seed: int = 0  # every random draw (init, data order, augmentation, masks, dropout) derives from it
     max_iters: int = 15300  # optimizer steps; Stanford 15300, SUN RGB-D 14700
     labeled_batch: int = 16  # per rank (DDP: global batch = world_size x this)
-    unlabeled_batch: int = 16  # per rank; only mean_teacher and m3l load unlabeled data
+    unlabeled_batch: int = 16  # per rank; only mean_teacher, m3l and cps load unlabeled data
     eval_every: int = 300  # validate (and keep the best) every N steps and at the end; 0 = never
     save_every: int = 300  # write the resumable state every N steps and at the end
     log_every: int = 20  # one metrics.jsonl line per N steps
-    # auto: mm_robust for models trained for a missing modality (m3l, modality_dropout),
+    # auto: mm_robust for models trained for a missing modality (m3l, modality_dropout, cps with masks),
     # rgbd for the other RGB-D models, and the only condition of a uni-modal model.
     val_metric: str = "auto"
     eval_model: str = "student"  # mean_teacher/m3l: validate and export the student or the EMA teacher
@@ -158,7 +169,7 @@ class TrainConfig:
             check("eval_model", self.uses_teacher, "'student' for frameworks without a teacher")
         check("precision", self.precision in PRECISIONS, f"one of {PRECISIONS}")
         mods = tuple(self.model.modalities)
-        if self.framework in ("m3l", "modality_dropout"):
+        if self.masks_modalities:
             check("model.modalities", mods == MODALITIES, f"{list(MODALITIES)}: {self.framework} masks modalities")
         if self.val_metric != "auto":
             avail = {*CONDITIONS, "mm_robust"} if mods == MODALITIES else set(mods)
@@ -189,7 +200,15 @@ class TrainConfig:
         check("loss.ohem_min_kept_basis", s.ohem_min_kept_basis in MIN_KEPT_BASES, f"one of {MIN_KEPT_BASES}")
         check("loss.lambda_pseudo", s.lambda_pseudo >= 0, ">= 0")
         check("loss.pseudo_rampup", s.pseudo_rampup >= 0, ">= 0")
+        check("loss.pseudo_threshold", 0 <= s.pseudo_threshold < 1, "in [0, 1) (0 = keep every pseudo-label)")
         check("loss.alpha_ema", 0 <= s.alpha_ema < 1, "in [0, 1)")
+        check("loss.cps_weight", s.cps_weight >= 0, ">= 0")
+        if s.cps_modality_dropout:
+            check("loss.cps_modality_dropout", self.framework == "cps", "false unless framework is cps")
+        fusion = self.model.fusion
+        check("loss.token_l1", s.token_l1 >= 0, ">= 0")
+        check("loss.token_l1", s.token_l1 == 0 or fusion == "tokenfusion",
+              f"0 for model.fusion {fusion!r} (only tokenfusion has token scores)")
         check("loss.mask_probs", min(s.mask_probs) >= 0 and abs(sum(s.mask_probs) - 1) < 1e-6,
               "three probabilities [mask rgb, mask depth, none] summing to 1")
 
@@ -198,8 +217,19 @@ class TrainConfig:
         return self.framework in ("mean_teacher", "m3l")
 
     @property
+    def uses_pseudo(self) -> bool:
+        """Trained on hard pseudo-labels: the EMA teacher's (mean_teacher, m3l) or the other network's (cps)."""
+        return self.uses_teacher or self.framework == "cps"
+
+    @property
+    def masks_modalities(self) -> bool:
+        """The student sees per-sample masked modalities (needs both)."""
+        return self.framework in ("m3l", "modality_dropout") or (self.framework == "cps" and
+                                                                  self.loss.cps_modality_dropout)
+
+    @property
     def uses_unlabeled(self) -> bool:
-        return self.uses_teacher and self.unlabeled_batch > 0
+        return self.uses_pseudo and self.unlabeled_batch > 0
 
     def resolved_val_metric(self) -> str:
         """The condition (or ``mm_robust``) whose mIoU picks the best checkpoint."""
@@ -208,7 +238,7 @@ class TrainConfig:
         mods = tuple(self.model.modalities)
         if mods != MODALITIES:
             return mods[0]
-        return "mm_robust" if self.framework in ("m3l", "modality_dropout") else "rgbd"
+        return "mm_robust" if self.masks_modalities else "rgbd"
 
     def preprocessing(self, ignore_index: int = 255) -> Preprocessing:
         """How inputs are prepared at test time; stored in every checkpoint."""

@@ -78,13 +78,23 @@ def init_from_checkpoint(
     return sorted(k for k in own if k not in state)
 
 
-def build_student(cfg: TrainConfig, classes: ClassInfo, *, resume: bool) -> tuple[LinearFusionSegFormer, ModelConfig]:
-    """The student with the same initial weights on every rank, from ImageNet and/or ``model.init``."""
+def build_student(
+    cfg: TrainConfig,
+    classes: ClassInfo,
+    *,
+    resume: bool,
+    member: int = 0,
+) -> tuple[LinearFusionSegFormer, ModelConfig]:
+    """The student with the same initial weights on every rank, from ImageNet and/or ``model.init``.
+
+    ``member`` > 0 draws another initialisation from the same seed (the second network of cps);
+    member 0 is the one network of every other framework.
+    """
     try:
         model_cfg = cfg.model.build(classes.num_classes)
     except ValueError as e:
         raise ConfigError(f"{e} ({cfg.data.root})", key="model.num_classes") from e
-    torch.manual_seed(derive_seed(cfg.seed, TAG_INIT))
+    torch.manual_seed(derive_seed(cfg.seed, TAG_INIT) if member == 0 else derive_seed(cfg.seed, TAG_INIT, member))
     student = LinearFusionSegFormer(model_cfg)
     if cfg.model.pretrained and not resume:  # on resume the saved state replaces both
         student.load_pretrained(cfg.model.pretrained)

@@ -1,7 +1,8 @@
 """Losses: OHEM cross-entropy for ground truth, plain cross-entropy for hard pseudo-labels.
 
 :func:`compute_losses` applies them to one student forward pass according to a
-:class:`~m3l_core.train.masking.BatchPlan`, which says which rows get which loss.
+:class:`~m3l_core.train.masking.BatchPlan`, which says which rows get which loss, and adds
+TokenFusion's L1 sparsity loss on its token scores when asked (``loss.token_l1``).
 """
 from __future__ import annotations
 
@@ -77,8 +78,15 @@ def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, ignore_ind
 
 
 def pseudo_label_cross_entropy(logits: torch.Tensor, pseudo: torch.Tensor, *, ignore_index: int = 255) -> torch.Tensor:
-    """Plain cross-entropy against hard pseudo-labels: no threshold, every pixel counts."""
-    return F.cross_entropy(logits.float(), pseudo, ignore_index=ignore_index)
+    """Plain cross-entropy against hard pseudo-labels, averaged over ALL pixels.
+
+    Pixels a confidence threshold dropped (``ignore_index``, see :func:`pseudo_labels`) add zero
+    but still count in the mean (FixMatch/UniMatch), so the loss shrinks with the kept fraction
+    and is 0, not NaN, when nothing is kept. Without dropped pixels (the paper) it is the plain mean.
+    """
+    if bool((pseudo != ignore_index).all()):
+        return F.cross_entropy(logits.float(), pseudo, ignore_index=ignore_index)
+    return F.cross_entropy(logits.float(), pseudo, ignore_index=ignore_index, reduction="sum") / pseudo.numel()
 
 
 def pseudo_weight(step: int, lambda_pseudo: float, rampup: int = 0) -> float:
@@ -96,13 +104,24 @@ def pseudo_weight(step: int, lambda_pseudo: float, rampup: int = 0) -> float:
 
 
 def heads_for(modalities: Sequence[str]) -> tuple[str, ...]:
-    """Output heads that are trained: the ensemble and both branches (Eq. 7), or the single branch."""
+    """Output heads of a linear-fusion or uni-modal model: the ensemble and both branches (Eq. 7), or the branch.
+
+    The trainer uses ``ModelConfig.heads``, which also knows the other fusions (URN: the ensemble only).
+    """
     return ("ensemble", *modalities) if len(modalities) == 2 else tuple(modalities)
 
 
-def pseudo_labels(teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Hard pseudo-labels: the argmax of the teacher's ensemble logits."""
-    return teacher_logits.argmax(1)
+def pseudo_labels(teacher_logits: torch.Tensor, *, threshold: float = 0.0, ignore_index: int = 255) -> torch.Tensor:
+    """Hard pseudo-labels: the argmax of the teacher's ensemble logits.
+
+    ``threshold`` > 0 (beyond the paper): pixels whose softmax max-probability is below it become
+    ``ignore_index``; at or above it they are kept. 0 keeps every pixel (the paper).
+    """
+    labels = teacher_logits.argmax(1)
+    if threshold > 0:
+        confidence = teacher_logits.float().softmax(1).amax(1)
+        labels = torch.where(confidence >= threshold, labels, torch.full_like(labels, ignore_index))
+    return labels
 
 
 def compute_losses(
@@ -117,6 +136,7 @@ def compute_losses(
     lambda_pseudo: float = 1.0,
     ignore_index: int = 255,
     min_kept_basis: str = "supervised_rows",
+    token_l1: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """The training loss of one student forward pass.
 
@@ -126,9 +146,12 @@ def compute_losses(
         pseudo: ``(B_loaded, H, W)`` teacher pseudo-labels of the loaded batch, or None.
         ohem_min_kept: fraction OHEM keeps at least, of the pixels given by ``min_kept_basis``
             (:data:`MIN_KEPT_BASES`).
+        token_l1: weight of TokenFusion's sparsity loss, the mean of ``outputs["token_scores"]``
+            (used when > 0 and the output has token scores).
 
-    Returns ``{"loss", "sup", "pseudo"}``: ``loss = sup + lambda_pseudo * pseudo``,
-    each term averaged over ``heads``.
+    Returns ``{"loss", "sup", "pseudo", "token_l1"}``: ``loss = sup + lambda_pseudo * pseudo
+    + token_l1 * mean(token_scores)``, ``sup`` and ``pseudo`` averaged over ``heads``,
+    ``"token_l1"`` the unweighted mean score (0 without token scores).
     """
     ref = outputs[heads[0]]
     zero = ref.float().sum() * 0.0
@@ -148,4 +171,9 @@ def compute_losses(
         target = pseudo[plan.source[plan.pseudo].to(pseudo.device)].to(ref.device)
         pse = sum(pseudo_label_cross_entropy(outputs[h][pse_rows], target, ignore_index=ignore_index)
                   for h in heads) / len(heads)
-    return {"loss": sup + lambda_pseudo * pse, "sup": sup, "pseudo": pse}
+    loss = sup + lambda_pseudo * pse
+    sparsity = zero
+    if token_l1 > 0 and "token_scores" in outputs:
+        sparsity = outputs["token_scores"].float().mean()
+        loss = loss + token_l1 * sparsity
+    return {"loss": loss, "sup": sup, "pseudo": pse, "token_l1": sparsity}

@@ -14,7 +14,13 @@ modality_dropout    labeled                      every row   all rows         no
 mean_teacher        labeled, unlabeled           none        labeled rows     unlabeled rows
 m3l                 labeled, labeled copy,       copy and    labeled + copy   every row
                     unlabeled                    unlabeled
+cps                 labeled, unlabeled           none, or    labeled rows     every row (the
+                                                 every row                    other network's)
 ==================  ===========================  ==========  ===============  ============
+
+``cps`` (cross pseudo supervision) trains two networks on the same rows; each row's pseudo-label
+comes from the other network, not from a teacher. Its rows are masked only with
+``loss.cps_modality_dropout`` (``mask=True`` here).
 
 Masks are drawn per sample, uniformly (by default) among {mask RGB, mask depth,
 mask nothing}, from an explicit ``torch.Generator``.
@@ -67,8 +73,15 @@ def plan_batch(
     n_unlabeled: int,
     generator: torch.Generator,
     probs: Sequence[float] = (1 / 3, 1 / 3, 1 / 3),
+    *,
+    mask: bool = False,
 ) -> BatchPlan:
-    """The student batch of ``framework`` for ``n_labeled + n_unlabeled`` loaded samples."""
+    """The student batch of ``framework`` for ``n_labeled + n_unlabeled`` loaded samples.
+
+    ``mask`` (cps only): draw a per-sample modality mask for every row, as modality_dropout does.
+    """
+    if mask and framework != "cps":
+        raise ValueError(f"mask=True is for framework 'cps', not {framework!r} (its masking is fixed)")
     lab = torch.arange(n_labeled)
     unl = torch.arange(n_labeled, n_labeled + n_unlabeled)
     if framework == "supervised":
@@ -91,4 +104,10 @@ def plan_batch(
         present = torch.cat([torch.ones(n_labeled, 2, dtype=torch.bool), masked])
         sup = torch.arange(n) < 2 * n_labeled
         return BatchPlan(source, present, sup, torch.ones(n, dtype=torch.bool))
+    if framework == "cps":
+        # One row per loaded sample (the other network's prediction of the row is its pseudo-label).
+        n = n_labeled + n_unlabeled
+        present = present_from_choices(draw_masks(n, generator, probs)) if mask else torch.ones(n, 2, dtype=torch.bool)
+        sup = torch.arange(n) < n_labeled
+        return BatchPlan(torch.arange(n), present, sup, torch.ones(n, dtype=torch.bool))
     raise ValueError(f"unknown framework {framework!r}")

@@ -1,4 +1,4 @@
-"""The training loop shared by the four frameworks: supervised, modality_dropout, mean_teacher, m3l.
+"""The training loop shared by the five frameworks: supervised, modality_dropout, mean_teacher, m3l, cps.
 
 :func:`train` reads top to bottom: data (checked frame by frame before step 1), model, teacher,
 optimizer, an optional resume, then one loop over iterations. Each iteration
@@ -8,8 +8,13 @@ optimizer, an optional resume, then one loop over iterations. Each iteration
 2. asks :func:`~m3l_core.train.masking.plan_batch` what the student sees and which
    row gets which loss (the only place where the frameworks differ),
 3. labels the pseudo-label rows with the EMA teacher's ensemble (unmasked, eval mode),
-4. runs ONE student forward and ONE backward, steps AdamW at the poly lr,
+4. runs ONE student forward and ONE backward, steps AdamW at the poly lr
+   (:func:`~m3l_core.train.update.train_step`),
 5. moves the teacher towards the student.
+
+For ``cps`` the "student" is a :class:`~m3l_core.train.cps.CPSPair` of two networks, each
+labelling the other's rows in the same forward (no teacher); the first network is validated
+and exported, both are in the resumable state.
 
 Every ``eval_every`` steps it validates on the val split and keeps the best
 weights in ``RUN/model.safetensors``; every ``save_every`` steps it writes the
@@ -31,7 +36,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -40,114 +45,24 @@ from m3l_core.checkpoint import atomic_write_bytes, save_checkpoint
 from m3l_core.data.loading import make_loader, raise_failure
 from m3l_core.data.transforms import EvalTransform, TrainTransform, collate
 from m3l_core.evaluation import collate_eval, conditions_for, evaluate, summarize_results
-from m3l_core.inference import PRECISIONS, autocast
+from m3l_core.inference import PRECISIONS
 from m3l_core.model import LinearFusionSegFormer, ModelConfig
 from m3l_core.train.config import ConfigError, TrainConfig, dump_config
+from m3l_core.train.cps import CPSPair, build_cps_pair
 from m3l_core.train.ema import EMATeacher
 from m3l_core.train.init_weights import build_student
-from m3l_core.train.losses import compute_losses, heads_for, pseudo_labels, pseudo_weight
-from m3l_core.train.masking import BatchPlan, plan_batch
+from m3l_core.train.losses import pseudo_weight
+from m3l_core.train.masking import plan_batch
 from m3l_core.train.optim import apply_group_settings, build_optimizer, set_lr
 from m3l_core.train.run_state import (StopFlag, append_jsonl, check_fresh_out, clean_interrupted_writes,
                                       load_state, save_state, truncate_jsonl)
 from m3l_core.train.steps import TAG_MASK, TAG_TORCH, StepDataset, StepSampler, derive_seed
 from m3l_core.train.train_data import TrainData, open_train_data
+from m3l_core.train.update import NonFiniteLossError, average_buffers, train_step
 
 __all__ = ["train", "train_step", "average_buffers", "TrainResult", "NonFiniteLossError"]
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss of a step is NaN or infinite (on any rank); the step was not applied."""
-
-
-# --- one step -----------------------------------------------------------------------------------
-
-
-def _check_finite(loss: torch.Tensor) -> None:
-    """Raise :class:`NonFiniteLossError` on every rank if the loss is not finite on any rank."""
-    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-    if dist_utils.get_world_size() > 1:
-        dist_utils.all_reduce_sum(bad)
-    if bad.item() > 0:
-        raise NonFiniteLossError(f"training loss is {float(loss.detach())}")
-
-
-def train_step(
-    net: torch.nn.Module,
-    teacher: EMATeacher | None,
-    batch: dict[str, Any],
-    plan: BatchPlan,
-    optimizer: torch.optim.Optimizer,
-    *,
-    cfg: TrainConfig,
-    heads: Sequence[str],
-    device: torch.device,
-    scaler: torch.amp.GradScaler | None = None,
-    ignore_index: int = 255,
-    lambda_pseudo: float | None = None,
-) -> dict[str, torch.Tensor]:
-    """One optimizer step on one loaded batch; returns the detached losses.
-
-    ``lambda_pseudo`` defaults to ``cfg.loss.lambda_pseudo`` (the loop passes the ramped-up value).
-    A non-finite loss raises :class:`NonFiniteLossError` before anything is changed.
-    """
-    if lambda_pseudo is None:
-        lambda_pseudo = cfg.loss.lambda_pseudo
-    rgb = batch["rgb"].to(device, non_blocking=True)
-    depth = batch["depth"].to(device, non_blocking=True)
-    label = batch["label"].to(device, non_blocking=True)
-    pseudo = None
-    if bool(plan.pseudo.any()):
-        if teacher is None:
-            raise ValueError(f"framework {cfg.framework!r} needs a teacher for its pseudo-labels")
-        rows = plan.teacher_rows().to(device)
-        with torch.no_grad(), autocast(device, cfg.precision):
-            t_logits = teacher.module(rgb[rows], depth[rows])["ensemble"]
-        pseudo = torch.full_like(label, ignore_index)
-        pseudo[rows] = pseudo_labels(t_logits.float())
-    src = plan.source.to(device)
-    # BatchNorm running statistics change in the forward; kept to undo a step that is not applied.
-    buffers = list(getattr(net, "module", net).buffers())
-    saved = [b.detach().clone() for b in buffers]
-    with autocast(device, cfg.precision):
-        out = net(rgb[src], depth[src], plan.present.to(device))
-    losses = compute_losses(out, plan, label, pseudo, heads=heads, ohem_thresh=cfg.loss.ohem_thresh,
-                            ohem_min_kept=cfg.loss.ohem_min_kept, min_kept_basis=cfg.loss.ohem_min_kept_basis,
-                            lambda_pseudo=lambda_pseudo,
-                            ignore_index=ignore_index)
-    try:
-        _check_finite(losses["loss"])
-    except NonFiniteLossError:
-        with torch.no_grad():
-            for b, v in zip(buffers, saved):
-                b.copy_(v)
-        raise
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None and scaler.is_enabled():
-        scaler.scale(losses["loss"]).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        losses["loss"].backward()
-        optimizer.step()
-    return {k: v.detach() for k, v in losses.items()}
-
-
-def average_buffers(module: torch.nn.Module, world_size: int) -> None:
-    """Average floating-point buffers (BatchNorm running statistics) over DDP ranks.
-
-    Each rank updates them from its own shard; averaging after every step keeps
-    the student, hence the EMA teacher and the validated weights, identical on
-    every rank (DDP itself only averages gradients).
-    """
-    if world_size <= 1:
-        return
-    for b in module.buffers():
-        if b.dtype.is_floating_point:
-            dist_utils.all_reduce_sum(b.data)
-            b.data.div_(world_size)
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -174,7 +89,7 @@ class _Run:
     out: Path
     env: dist_utils.DistInfo
     data: TrainData
-    student: LinearFusionSegFormer
+    student: LinearFusionSegFormer | CPSPair  # what is trained (saved in the state)
     net: torch.nn.Module
     teacher: EMATeacher | None
     optimizer: torch.optim.Optimizer
@@ -194,7 +109,9 @@ class _Run:
         return self.out / "metrics.jsonl"
 
     def eval_model(self) -> torch.nn.Module:
-        return self.teacher.module if self.cfg.eval_model == "teacher" and self.teacher is not None else self.student
+        if self.cfg.eval_model == "teacher" and self.teacher is not None:
+            return self.teacher.module
+        return self.student.first if isinstance(self.student, CPSPair) else self.student
 
     def checkpoint(self, path: Path, step: int, val: dict[str, Any] | None) -> None:
         c = self.data.classes
@@ -248,7 +165,8 @@ def _setup(cfg: TrainConfig, out: Path, *, resume: bool, device: str) -> _Run:
 
     data = open_train_data(cfg, is_main=env.is_main)
     pre = cfg.preprocessing(data.classes.ignore_index)
-    student, model_cfg = build_student(cfg, data.classes, resume=resume)
+    build = build_cps_pair if cfg.framework == "cps" else build_student
+    student, model_cfg = build(cfg, data.classes, resume=resume)
     student.to(env.device).train()
     teacher = EMATeacher(student, alpha=cfg.loss.alpha_ema) if cfg.uses_teacher else None
     o = cfg.optim
@@ -304,8 +222,15 @@ def _loop(run: _Run, stop: StopFlag, stop_after: int | None, bar: Any) -> int:
     cfg, env, dev = run.cfg, run.env, run.env.device
     n_lab = cfg.labeled_batch
     n_unl = cfg.unlabeled_batch if run.data.unlabeled is not None else 0
-    heads = heads_for(run.model_cfg.modalities)
-    sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, sup, pseudo, count
+    heads = run.model_cfg.heads  # the outputs the fusion trains (URN: the ensemble only)
+    # Averaged per log interval: (train_step key, metrics.jsonl name); a count comes last.
+    logged = [("loss", "loss"), ("sup", "loss_sup"), ("pseudo", "loss_pseudo")]
+    if cfg.loss.token_l1 > 0:
+        logged.append(("token_l1", "loss_token_l1"))
+    if cfg.uses_pseudo:
+        logged.append(("pseudo_kept", "pseudo_kept"))
+    sums = torch.zeros(len(logged) + 1, dtype=torch.float64, device=dev)
+    weight = cfg.loss.cps_weight if cfg.framework == "cps" else cfg.loss.lambda_pseudo
     done = run.start
     tick = time.perf_counter()
     for step, batch in enumerate(_train_loader(run), run.start):
@@ -313,9 +238,9 @@ def _loop(run: _Run, stop: StopFlag, stop_after: int | None, bar: Any) -> int:
         # Everything random in this step derives from (seed, step, rank).
         torch.manual_seed(derive_seed(cfg.seed, TAG_TORCH, step, env.rank))
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, TAG_MASK, step, env.rank))
-        plan = plan_batch(cfg.framework, n_lab, n_unl, gen, cfg.loss.mask_probs)
+        plan = plan_batch(cfg.framework, n_lab, n_unl, gen, cfg.loss.mask_probs, mask=cfg.loss.cps_modality_dropout)
         lrs = set_lr(run.optimizer, step, cfg.max_iters, cfg.optim.poly_power)
-        lam = pseudo_weight(step, cfg.loss.lambda_pseudo, cfg.loss.pseudo_rampup)
+        lam = pseudo_weight(step, weight, cfg.loss.pseudo_rampup)
         try:
             losses = train_step(run.net, run.teacher, batch, plan, run.optimizer, cfg=cfg, heads=heads, device=dev,
                                 scaler=run.scaler, ignore_index=run.pre.ignore_index, lambda_pseudo=lam)
@@ -329,16 +254,16 @@ def _loop(run: _Run, stop: StopFlag, stop_after: int | None, bar: Any) -> int:
         average_buffers(run.student, env.world_size)  # identical BatchNorm statistics on every rank
         if run.teacher is not None:
             run.teacher.update(run.student, step)
-        sums += torch.stack([losses["loss"], losses["sup"], losses["pseudo"], torch.ones((), device=dev)]).double()
+        sums += torch.stack([*(losses[k].to(dev) for k, _ in logged), torch.ones((), device=dev)]).double()
         done = step + 1
         bar.update(1)
 
         if done % cfg.log_every == 0 or done == cfg.max_iters:
             dist_utils.all_reduce_sum(sums)
-            n = float(sums[3])
+            n = float(sums[-1])
             rec = {"step": done, "lr": lrs["encoder"], "lr_decoder": lrs["decoder"],
-                   "loss": float(sums[0]) / n, "loss_sup": float(sums[1]) / n,
-                   "loss_pseudo": float(sums[2]) / n, "lambda_pseudo": lam if cfg.uses_teacher else 0.0,
+                   **{name: float(v) / n for (_, name), v in zip(logged, sums)},
+                   "lambda_pseudo": lam if cfg.uses_pseudo else 0.0,
                    "sec_per_it": (time.perf_counter() - tick) / max(n / env.world_size, 1)}
             run.history.append(rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2e}")

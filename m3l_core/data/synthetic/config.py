@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from m3l_core.vocab import IGNORE_INDEX  # noqa: F401 - re-exported by the package
+
 # One row per class, the id is the row. The cue says which modality tells the class apart from what
 # surrounds it: "both", or one of vocab.MODALITIES ("rgb", "depth").
 _CLASS_TABLE: tuple[tuple[str, tuple[int, int, int], str], ...] = (
@@ -19,7 +21,6 @@ _CLASS_TABLE: tuple[tuple[str, tuple[int, int, int], str], ...] = (
 CLASS_NAMES: tuple[str, ...] = tuple(name for name, _, _ in _CLASS_TABLE)
 PALETTE: tuple[tuple[int, int, int], ...] = tuple(color for _, color, _ in _CLASS_TABLE)
 CLASS_CUES: dict[str, str] = {name: cue for name, _, cue in _CLASS_TABLE}
-IGNORE_INDEX = 255
 FLOOR, WALL, CEILING, TABLE, CABINET, CHAIR, BOX, RUG, POSTER = range(len(CLASS_NAMES))
 
 
