@@ -55,6 +55,75 @@ TABLE5_ROWS: tuple[tuple[str, str, bool, bool, bool], ...] = (
 )
 
 
+# The paper's claims as comparisons "A beats B" (docs/benchmark_robustness_plan.md, fixed before the
+# runs): (claim, A = (variant, condition), B = (variant, condition)).
+_M3L_RIVALS = (("lf_sup", "LF"), ("lf_mt", "LF + MT"), ("tf", "TF"), ("urn", "URN"))
+CLAIMS: tuple[tuple[str, tuple[str, str], tuple[str, str]], ...] = (
+    *((f"1. LF + M3L beats {name} on MM-Robust (Table 2)", ("lf_m3l", "mm_robust"), (v, "mm_robust"))
+      for v, name in _M3L_RIVALS),
+    *((f"2. LF + M3L beats {name} with {cond} only (Table 2)", ("lf_m3l", c), (v, c))
+      for c, cond in (("rgb", "RGB"), ("depth", "depth")) for v, name in _M3L_RIVALS),
+    ("3. LF + M3L keeps RGB-D accuracy: vs LF (Table 2)", ("lf_m3l", "rgbd"), ("lf_sup", "rgbd")),
+    ("4. LF + M3L with RGB only beats uni-modal RGB (Table 3)", ("lf_m3l", "rgb"), ("uni_rgb", "rgb")),
+    ("4. LF + M3L with RGB only beats uni-modal RGB + CPS-Seg (Table 3)", ("lf_m3l", "rgb"), ("cps_rgb", "rgb")),
+    ("4. LF + M3L with depth only beats uni-modal depth (Table 3)", ("lf_m3l", "depth"), ("uni_depth", "depth")),
+    ("4. LF + M3L with depth only beats uni-modal depth + CPS-Seg (Table 3)", ("lf_m3l", "depth"),
+     ("cps_depth", "depth")),
+    ("5. LF beats TF with RGB-D, supervised (Table 4)", ("lf_sup", "rgbd"), ("tf", "rgbd")),
+    ("5. LF beats URN with RGB-D, supervised (Table 4)", ("lf_sup", "rgbd"), ("urn", "rgbd")),
+    *((f"6. Modality dropout raises MM-Robust: {name} + MD vs {name} (Table 5)", (md, "mm_robust"),
+       (base, "mm_robust")) for base, md, name in (("tf", "tf_md", "TF"), ("urn", "urn_md", "URN"),
+                                                   ("lf_sup", "lf_md", "LF"))),
+    *((f"6. Modality dropout lowers RGB-D: {name} vs {name} + MD (Table 5)", (base, "rgbd"), (md, "rgbd"))
+      for base, md, name in (("tf", "tf_md", "TF"), ("urn", "urn_md", "URN"), ("lf_sup", "lf_md", "LF"))),
+    ("7. Unlabeled data alone (LF + MT) does not beat LF on MM-Robust (Table 5)", ("lf_mt", "mm_robust"),
+     ("lf_sup", "mm_robust")),
+    *((f"Matched compute: two-stage LF + M3L beats {name} ({cond})", ("lf_m3l_init", c), (v, c))
+      for v, name in (("lf_sup_2x", "LF 2x"), ("lf_md_2x", "LF + MD 2x"))
+      for c, cond in (("mm_robust", "MM-Robust"), ("rgb", "RGB"), ("depth", "depth"), ("rgbd", "RGB-D"))),
+    *((f"Beyond the paper: confidence 0.9 + ramp-up beats the paper's M3L ({cond})", ("lf_m3l_stable", c),
+       ("lf_m3l", c)) for c, cond in (("mm_robust", "MM-Robust"), ("rgbd", "RGB-D"))),
+)
+
+
+def verdict(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The plan's decision rule for "A beats B" from two :func:`stat` results.
+
+    ``"A > B"`` when ``mean(A) - mean(B) > 2 * sqrt(sA^2/nA + sB^2/nB)``, ``"A < B"`` when the
+    difference is below minus that bound, ``"not resolved"`` otherwise, and ``"too few runs"``
+    without a std on either side. None when A or B was not run.
+    """
+    if a is None or b is None:
+        return None
+    diff = a["mean"] - b["mean"]
+    if a["std"] is None or b["std"] is None:
+        return {"diff": diff, "bound": None, "verdict": "too few runs"}
+    bound = 2.0 * math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
+    text = "A > B" if diff > bound else "A < B" if diff < -bound else "not resolved"
+    return {"diff": diff, "bound": bound, "verdict": text}
+
+
+def claims(agg: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every :data:`CLAIMS` comparison whose two sides were run, with its :func:`verdict`."""
+    rows = []
+    for text, a_src, b_src in CLAIMS:
+        a, b = cell(agg, a_src), cell(agg, b_src)
+        v = verdict(a, b)
+        if v is not None:
+            rows.append({"claim": text, "a": list(a_src), "b": list(b_src), "a_mean": a["mean"],
+                         "b_mean": b["mean"], **v})
+    return rows
+
+
+def markdown_claims(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = ["| Claim (A beats B) | A | B | A - B | 2 SE | Result |", "|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        bound = "-" if r["bound"] is None else f"{r['bound']:.2f}"
+        lines.append(f"| {r['claim']} | {r['a_mean']:.2f} | {r['b_mean']:.2f} | {r['diff']:+.2f} | {bound} | "
+                     f"{r['verdict']} |")
+    return lines
+
+
 # ---------------------------------------------------------------- aggregation
 
 def stat(values: Sequence[float]) -> dict[str, Any] | None:
@@ -227,7 +296,8 @@ def write_outputs(out: str | Path, records: Sequence[Mapping[str, Any]], *, vari
     summary = dict(
         command=command, machine=machine, settings=dict(settings), seeds=list(seeds), variants=list(variants),
         definitions={n: dataclasses.asdict(VARIANTS[n]) for n in variants if n in VARIANTS},
-        runs=runs, aggregates=agg, table2=t2, table5=t5, left_out={"table2": left2, "table5": left5},
+        runs=runs, aggregates=agg, table2=t2, table5=t5, claims=claims(agg),
+        left_out={"table2": left2, "table5": left5},
         failed=failed, timings=times, units="percent")
     paths = {"json": out / "robustness.json", "md": out / "robustness.md", "png": out / "robustness.png"}
     paths["json"].write_text(json.dumps(summary, indent=2) + "\n")
@@ -246,6 +316,11 @@ def write_outputs(out: str | Path, records: Sequence[Mapping[str, Any]], *, vari
     md += ["", "## Table 5 shape: test mIoU (%), mean ± std over seeds (n runs)", ""] + markdown_table5(t5)
     if left5:
         md += ["", "Left out (no finished runs): " + "; ".join(left5) + "."]
+    cl = claims(agg)
+    if cl:
+        md += ["", "## The paper's claims (decision rule fixed before the runs)", "",
+               "A > B: mean(A) - mean(B) > 2 SE, SE = sqrt(sA²/nA + sB²/nB) over seeds; A < B: the reverse; "
+               "otherwise not resolved.", ""] + markdown_claims(cl)
     md += ["", "## Runs", ""] + markdown_runs(records)
     md += ["", "## Time", "",
            f"Total CPU time: {times['total_cpu_seconds'] / 60:.1f} min (training "

@@ -86,12 +86,13 @@ def test_demo_model_doc_quotes_the_committed_metrics():
 
 
 def test_robustness_doc_quotes_the_committed_benchmark():
-    """docs/benchmark_robustness.md shows the committed run's Table 2 and Table 5 rows, cell for cell."""
-    from m3l_core.benchmark_tables import markdown_table2, markdown_table5
+    """docs/benchmark_robustness.md shows the committed run's Table 2, Table 5 and claim rows, cell for cell."""
+    from m3l_core.benchmark_tables import markdown_claims, markdown_table2, markdown_table5
 
     summary = json.loads((REPO / "docs" / "benchmark" / "robustness.json").read_text())
     doc = (REPO / "docs" / "benchmark_robustness.md").read_text()
-    lines = markdown_table2(summary["table2"])[2:] + markdown_table5(summary["table5"])[2:]
+    lines = (markdown_table2(summary["table2"])[2:] + markdown_table5(summary["table5"])[2:]
+             + markdown_claims(summary["claims"])[2:])
     assert lines
     for line in lines:
         assert line in doc, line
