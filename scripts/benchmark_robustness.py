@@ -33,16 +33,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the tree's m3l_core, not an installed copy
-    sys.path.insert(0, str(ROOT))
-
-from m3l_core.benchmark_robustness import (  # noqa: E402
+from m3l_core import benchmark_robustness
+from m3l_core.benchmark_robustness import (
     DEFAULT_VARIANTS, VARIANTS, BenchmarkError, BenchSettings, RunPlan, check_configs, make_record, plan_runs,
     write_json_atomic)
-from m3l_core.benchmark_tables import write_outputs  # noqa: E402
-from m3l_core.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: E402
-from m3l_core.report import load_metrics, portable_path  # noqa: E402
+from m3l_core.benchmark_tables import write_outputs
+from m3l_core.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from m3l_core.report import load_metrics, portable_path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The runs use this checkout's training/ entry points and config/train files (the package may be installed).
+benchmark_robustness.CONFIG_DIR = ROOT / "config" / "train"
 
 PY = sys.executable
 
@@ -65,9 +66,8 @@ class _Proc:
 
 
 def child_env() -> dict[str, str]:
-    """One thread per process, and the tree's code first on the path."""
-    paths = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(ROOT)]
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(paths)}
+    """One thread per process; the children import the same ``m3l_core`` as this script (installed, or PYTHONPATH)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def start(cmd: list[str], log: Path, **kw) -> _Proc:

@@ -15,9 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from m3l_core.model import LinearFusionSegFormer, ModelConfig, count_parameters  # noqa: E402
+from m3l_core.model import LinearFusionSegFormer, ModelConfig, count_parameters
 
 # Paper Table 4 (MiT-B2, Stanford-Indoor, 13 classes), millions of parameters.
 PAPER_MILLIONS = {"Uni-modal": 24.73, "TokenFusion": 26.02, "URN": 48.93, "Linear Fusion": 24.75}
