@@ -43,9 +43,12 @@ test-tools: install
 	@if [ -f $(ROS2_TOOLS) ]; then bash $(ROS2_TOOLS) $(VENV); \
 	 else echo "note: $(ROS2_TOOLS) not found; tests that need ros2 launch/run will skip"; fi
 
-# The whole suite in one pytest process (settings in setup.cfg [tool:pytest]: a timeout per test).
+# The whole suite (settings in setup.cfg [tool:pytest]: a timeout per test) on PYTEST_WORKERS
+# pytest-xdist workers; each test file runs whole in one worker (module fixtures start once), and
+# each worker uses its own ROS_DOMAIN_ID (m3l_ros.procs.pick_domain_id). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
 test: test-tools
-	cd test && ../$(PY) -m pytest $(PYTEST_ARGS)
+	cd test && ../$(PY) -m pytest $(PYTEST_ARGS) $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 demo: install
 	$(PY) scripts/demo.py

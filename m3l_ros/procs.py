@@ -35,7 +35,14 @@ def package_root() -> Path:
 
 
 def pick_domain_id() -> int:
-    """``ROS_DOMAIN_ID`` in 1..101 derived from the pid, so parallel runs rarely share a graph."""
+    """``ROS_DOMAIN_ID`` in 1..101 derived from the pid, so parallel runs rarely share a graph.
+
+    Under pytest-xdist (``PYTEST_XDIST_WORKER=gwN``) the worker number picks the parity, so the two
+    workers of ``make test`` never share a graph whatever their pids.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        return 1 + 2 * (os.getpid() % 50) + int(worker[2:]) % 2
     return 1 + os.getpid() % 101
 
 

@@ -75,3 +75,15 @@ def test_messages_build_images_with_exact_stamps():
     np.testing.assert_array_equal(decode_compressed_depth(cm.format, bytes(cm.data))[0], depth)
     info = camera_info_msg(480, 640, stamp=5)
     assert (info.height, info.width) == (480, 640) and info.k[2] == pytest.approx(319.5)
+
+
+def test_xdist_workers_get_different_ros_domains(monkeypatch):
+    from m3l_ros.procs import pick_domain_id
+
+    domains = {}
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        domains[worker] = pick_domain_id()
+    assert domains["gw0"] != domains["gw1"] and all(1 <= d <= 101 for d in domains.values())
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    assert 1 <= pick_domain_id() <= 101

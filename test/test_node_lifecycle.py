@@ -137,10 +137,10 @@ def test_ros2_lifecycle_set_and_autostart(tiny_checkpoint, tmp_path, ros2_cli):
     proc = _start(tiny_checkpoint, tmp_path, env)
     try:
         def cli(*args: str) -> str:
-            # --no-daemon discovers the graph afresh on every call; on a loaded machine 3 s of spinning
+            # --no-daemon discovers the graph afresh on every call; on a loaded machine 1.5 s of spinning
             # sometimes misses the node ("Node not found"), so that one answer is asked again.
             for _ in range(5):
-                r = subprocess.run([ros2_cli, "lifecycle", *args, "--no-daemon", "--spin-time", "3"], env=env,
+                r = subprocess.run([ros2_cli, "lifecycle", *args, "--no-daemon", "--spin-time", "1.5"], env=env,
                                    capture_output=True, text=True, timeout=120)
                 if "Node not found" not in r.stderr:
                     break
@@ -148,7 +148,7 @@ def test_ros2_lifecycle_set_and_autostart(tiny_checkpoint, tmp_path, ros2_cli):
             return r.stdout
 
         for _ in range(20):  # the node's services appear a moment after start
-            r = subprocess.run([ros2_cli, "lifecycle", "get", FQN, "--no-daemon", "--spin-time", "3"], env=env,
+            r = subprocess.run([ros2_cli, "lifecycle", "get", FQN, "--no-daemon", "--spin-time", "1.5"], env=env,
                                capture_output=True, text=True, timeout=60)
             if r.returncode == 0 and "unconfigured" in r.stdout:
                 break
@@ -166,7 +166,7 @@ def test_ros2_lifecycle_set_and_autostart(tiny_checkpoint, tmp_path, ros2_cli):
     try:
         r = None
         for _ in range(20):
-            r = subprocess.run([ros2_cli, "lifecycle", "get", f"{NS}_auto/{NAME}", "--no-daemon", "--spin-time", "3"],
+            r = subprocess.run([ros2_cli, "lifecycle", "get", f"{NS}_auto/{NAME}", "--no-daemon", "--spin-time", "1.5"],
                                env=env, capture_output=True, text=True, timeout=60)
             if r.returncode == 0 and r.stdout.startswith("active"):
                 break
