@@ -108,7 +108,11 @@ def export_openvino(ckpt: Checkpoint, out: str | os.PathLike, precision: str = "
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "model.onnx"
         src.write_bytes(_onnx_bytes(ckpt, meta))
-        model = ov.convert_model(str(src))
+        # The runtime's ONNX reader, not ov.convert_model: the converter (OVC) starts OpenVINO's
+        # telemetry, a child process that posts usage data to the network unless opted out.
+        from m3l_core.backends import openvino_core
+
+        model = openvino_core().read_model(str(src))
     model.set_rt_info(json.dumps(meta), [META_KEY])
     out.parent.mkdir(parents=True, exist_ok=True)
     # Write both files under temporary names, then rename: a reader never sees a half IR.

@@ -110,6 +110,10 @@ def _run(args: list[str] | None, *, lifecycle: bool) -> int:
             node.close()
         if "rclpy" in sys.modules:
             sys.modules["rclpy"].try_shutdown()
+        # Interpreter finalisation resets Python-level handlers to SIG_DFL (but leaves SIG_IGN), so a
+        # second Ctrl-C arriving while torch/OpenVINO are torn down would kill the process by SIGINT.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
     return EXIT_OK
 
 
