@@ -77,14 +77,19 @@ def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, ignore_ind
     return F.cross_entropy(logits.float(), masked, ignore_index=ignore_index)
 
 
-def pseudo_label_cross_entropy(logits: torch.Tensor, pseudo: torch.Tensor, *, ignore_index: int = 255) -> torch.Tensor:
+def pseudo_label_cross_entropy(logits: torch.Tensor, pseudo: torch.Tensor, *, ignore_index: int = 255,
+                               dropped: bool | None = None) -> torch.Tensor:
     """Plain cross-entropy against hard pseudo-labels, averaged over ALL pixels.
 
     Pixels a confidence threshold dropped (``ignore_index``, see :func:`pseudo_labels`) add zero
     but still count in the mean (FixMatch/UniMatch), so the loss shrinks with the kept fraction
     and is 0, not NaN, when nothing is kept. Without dropped pixels (the paper) it is the plain mean.
+    ``dropped`` says whether ``pseudo`` holds any; None checks (a device sync), so callers that
+    apply it to several heads check once.
     """
-    if bool((pseudo != ignore_index).all()):
+    if dropped is None:
+        dropped = bool((pseudo == ignore_index).any())
+    if not dropped:
         return F.cross_entropy(logits.float(), pseudo, ignore_index=ignore_index)
     return F.cross_entropy(logits.float(), pseudo, ignore_index=ignore_index, reduction="sum") / pseudo.numel()
 
@@ -169,7 +174,8 @@ def compute_losses(
         if pseudo is None:
             raise ValueError("the batch plan asks for a pseudo-label loss but no pseudo-labels were given")
         target = pseudo[plan.source[plan.pseudo].to(pseudo.device)].to(ref.device)
-        pse = sum(pseudo_label_cross_entropy(outputs[h][pse_rows], target, ignore_index=ignore_index)
+        dropped = bool((target == ignore_index).any())  # once for every head
+        pse = sum(pseudo_label_cross_entropy(outputs[h][pse_rows], target, ignore_index=ignore_index, dropped=dropped)
                   for h in heads) / len(heads)
     loss = sup + lambda_pseudo * pse
     sparsity = zero
