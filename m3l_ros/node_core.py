@@ -304,8 +304,13 @@ class SegmentCore:
 
     def _on_mode_change(self, mode: str, now: float) -> None:
         """Log and publish a mode change. Called with the lock held, so ~/mode messages keep their order."""
-        ages = ", ".join(f"{m} age {'never' if (a := self.watchdog.age(m, now)) is None else f'{a:.2f} s'}"
-                         for m in MODALITIES)
+        def age(m: str) -> str:
+            if self.watchdog.presumed_since.get(m) is not None:  # start-up grace: not seen yet this time
+                return f"{m} starting"
+            a = self.watchdog.age(m, now)
+            return f"{m} age {'never' if a is None else f'{a:.2f} s'}"
+
+        ages = ", ".join(age(m) for m in MODALITIES)
         self.log.info(f"mode -> {mode}: {WHY[mode]} ({ages})")
         self._publish_mode(mode)
 

@@ -65,9 +65,9 @@ PARAMS = (
     Param("image_transport", "raw", "raw: sensor_msgs/Image on rgb/image and depth/image. compressed: "
           "sensor_msgs/CompressedImage on rgb/image/compressed (jpeg, png) and depth/image/compressedDepth.",
           read_only=True, choices=TRANSPORTS),
-    Param("rgb_timeout", 0.5, "Seconds (node clock) without a usable RGB frame before RGB counts as lost.",
+    Param("rgb_timeout", 1.0, "Seconds (node clock) without a usable RGB frame before RGB counts as lost.",
           range=(0.01, 60.0)),
-    Param("depth_timeout", 0.5, "Seconds (node clock) without a usable depth frame before depth counts as lost.",
+    Param("depth_timeout", 1.0, "Seconds (node clock) without a usable depth frame before depth counts as lost.",
           range=(0.01, 60.0)),
     Param("loss_grace", 0.15, "Seconds after one stream's timeout before switching to the single-modality "
           "mode; when the other stream stops within it, the mode goes straight to no_input.", range=(0.0, 10.0)),

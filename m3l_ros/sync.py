@@ -2,19 +2,25 @@
 
 message_filters is not used: it is not installable from PyPI, it has no drop
 callback, and its Python synchronizer runs the user callback under its lock.
-:class:`ApproxTimePairer` holds at most one pending frame per modality and one
-ready :class:`Job`; anything older is dropped and counted, so inference never
-falls behind the cameras.
+:class:`ApproxTimePairer` holds a short history of unpaired frames per modality
+(at most :data:`HISTORY`, none older than the modality's timeout) and one ready
+:class:`Job`; anything older is dropped and counted, so inference never falls
+behind the cameras. The history lets a stream that arrives a few frames late
+still pair: a RealSense publishes aligned depth after the colour frame of the
+same moment, and a RELIABLE stream catches up in bursts after its lost fragments
+are repaired. With one held frame per stream such a lag pairs nothing at all.
 
 Times are float seconds. ``stamp`` is the header stamp (pairing), ``received``
 is the node-clock arrival time (staleness). The current mode comes from
 :class:`m3l_ros.watchdog.ModeWatchdog`:
 
-* ``rgbd``: a frame pairs with the other modality's pending frame when their
-  stamps differ by at most ``slop``; otherwise the older one can never pair
-  (stamps only grow) and is dropped.
-* ``rgb_only`` / ``depth_only``: a frame of the live modality becomes a job
-  by itself (the missing one takes the learned-token path).
+* ``rgbd``: the newest RGB frame with a depth frame whose stamp differs by at
+  most ``slop`` pairs with it; everything older than the pair is dropped
+  (``superseded``). A frame that can no longer pair (the other stream already
+  has a frame stamped later than it + ``slop``, and stamps only grow) is
+  dropped (``unpaired``).
+* ``rgb_only`` / ``depth_only``: the newest frame of the live modality becomes
+  a job by itself (the missing one takes the learned-token path).
 * ``unsynced`` (both alive, stamps never within ``slop``): every RGB frame
   becomes a job by itself, with the learned depth token, and is still offered
   for pairing; the first pair ends it (:attr:`ApproxTimePairer.last_paired_at`).
@@ -33,6 +39,7 @@ from typing import Any
 from m3l_core.vocab import DEPTH_ONLY, MODALITIES, MODES, NO_INPUT, RGB_ONLY, RGBD, UNSYNCED
 
 EPS = 1e-9  # ROS stamps have nanosecond resolution; absorbs float rounding at the boundaries
+HISTORY = 10  # unpaired frames held per modality (message_filters' usual queue size): a lag of 10 frames
 
 
 @dataclass(frozen=True)
@@ -65,15 +72,19 @@ class Job:
 class ApproxTimePairer:
     """Pairs the newest RGB and depth frames; counts every frame it drops by reason.
 
-    Drop reasons: ``superseded`` (a newer frame replaced it before inference
-    took it), ``unpaired`` (no partner within ``slop``), ``expired`` (older than
-    the timeout), ``reset`` (discarded by a backwards stamp jump).
+    Drop reasons: ``superseded`` (a newer frame or pair replaced it before
+    inference took it), ``unpaired`` (it can no longer find a partner within
+    ``slop``), ``expired`` (older than the timeout), ``reset`` (discarded by a
+    backwards stamp jump).
     """
 
-    def __init__(self, *, slop: float, rgb_timeout: float, depth_timeout: float) -> None:
+    def __init__(self, *, slop: float, rgb_timeout: float, depth_timeout: float, history: int = HISTORY) -> None:
+        if history < 1:
+            raise ValueError(f"history must be >= 1 frame, got {history}")
         self.slop = float(slop)
         self.timeouts = {"rgb": float(rgb_timeout), "depth": float(depth_timeout)}
-        self.pending: dict[str, Frame | None] = {m: None for m in MODALITIES}
+        self.history = int(history)
+        self.pending: dict[str, deque[Frame]] = {m: deque() for m in MODALITIES}  # unpaired, oldest first
         self.ready: Job | None = None
         self.last_stamp: dict[str, float | None] = {m: None for m in MODALITIES}
         self.drops: Counter[str] = Counter()
@@ -96,9 +107,12 @@ class ApproxTimePairer:
         if mode == RGBD and self._upgrade_ready(modality, frame):
             return reset
         lone_rgb = mode == UNSYNCED and modality == "rgb"
-        if self.pending[modality] is not None and not lone_rgb:  # (in unsynced, a held RGB frame was a job)
-            self.drops["superseded"] += 1
-        self.pending[modality] = frame
+        held = self.pending[modality]
+        if len(held) >= self.history:
+            held.popleft()
+            if not lone_rgb:  # (in unsynced, a held RGB frame was a job)
+                self.drops["superseded"] += 1
+        held.append(frame)
         if lone_rgb:
             self._set_ready(Job(UNSYNCED, frame, None))
         self._match(mode)
@@ -107,9 +121,9 @@ class ApproxTimePairer:
     def take(self, *, now: float, mode: str) -> Job | None:
         """The newest ready job, or None. Expires stale frames first."""
         for m in MODALITIES:
-            f = self.pending[m]
-            if f is not None and self._stale(m, f, now):
-                self.pending[m] = None
+            held = self.pending[m]
+            while held and self._stale(m, held[0], now):  # arrival order: the oldest expire first
+                held.popleft()
                 self.drops["expired"] += 1
         self._match(mode)
         job, self.ready = self.ready, None
@@ -118,11 +132,16 @@ class ApproxTimePairer:
             return None
         return job
 
+    def newest(self, modality: str) -> Frame | None:
+        """The newest unpaired frame held for ``modality``."""
+        held = self.pending[modality]
+        return held[-1] if held else None
+
     def reset(self) -> None:
         """Forget everything held (counted as ``reset`` drops)."""
-        held = sum(f is not None for f in self.pending.values()) + (len(self.ready.frames) if self.ready else 0)
+        held = sum(len(h) for h in self.pending.values()) + (len(self.ready.frames) if self.ready else 0)
         self.drops["reset"] += held
-        self.pending = {m: None for m in MODALITIES}
+        self.pending = {m: deque() for m in MODALITIES}
         self.ready = None
         self.last_stamp = {m: None for m in MODALITIES}
 
@@ -158,10 +177,9 @@ class ApproxTimePairer:
     def _reset_after(self, stamp: float) -> None:
         """A stamp went back to ``stamp``: drop held frames from the old (later) timeline."""
         for m in MODALITIES:
-            f = self.pending[m]
-            if f is not None and f.stamp > stamp + self.slop:
-                self.pending[m] = None
-                self.drops["reset"] += 1
+            kept = deque(f for f in self.pending[m] if f.stamp <= stamp + self.slop)
+            self.drops["reset"] += len(self.pending[m]) - len(kept)
+            self.pending[m] = kept
             if self.last_stamp[m] is not None and self.last_stamp[m] > stamp + self.slop:
                 # the other stream will jump too; its first new frame must not count as a second reset
                 self.last_stamp[m] = None
@@ -193,13 +211,26 @@ class ApproxTimePairer:
             self.drops["superseded"] += len(self.ready.frames)
         self.ready = job
 
+    def _newest_pair(self) -> tuple[Frame, Frame] | None:
+        """The newest RGB frame that has a depth frame within ``slop``, with the nearest such depth frame."""
+        depths = self.pending["depth"]
+        for rgb in reversed(self.pending["rgb"]):
+            best = min(depths, key=lambda d: abs(d.stamp - rgb.stamp), default=None)
+            if best is not None and abs(best.stamp - rgb.stamp) <= self.slop + EPS:
+                return rgb, best
+        return None
+
+    def _drop_through(self, modality: str, stamp: float) -> None:
+        """Remove held ``modality`` frames stamped at or before ``stamp`` (the paired one included)."""
+        held = self.pending[modality]
+        while held and held[0].stamp <= stamp:
+            held.popleft()
+
     def _match(self, mode: str) -> None:
-        rgb, depth = self.pending["rgb"], self.pending["depth"]
         if mode in (RGBD, UNSYNCED):
-            if rgb is None or depth is None:
-                return
-            offset = rgb.stamp - depth.stamp
-            if abs(offset) <= self.slop + EPS:
+            pair = self._newest_pair()
+            if pair is not None:
+                rgb, depth = pair
                 self._paired(rgb, depth)
                 job = self.ready
                 if mode == RGBD:
@@ -207,21 +238,36 @@ class ApproxTimePairer:
                 elif job is not None and job.rgb is rgb:  # unsynced: the lone RGB job gets its partner
                     self.ready = Job(RGBD, rgb, depth)
                 # else that RGB frame was already segmented alone; the pair only ends ``unsynced``
-                self.pending = {m: None for m in MODALITIES}
-            else:
-                # Stamps only grow, so the older frame can never find a partner.
-                self.offsets.append((rgb.stamp - rgb.received) - (depth.stamp - depth.received))
-                older = "depth" if offset > 0 else "rgb"
-                self.pending[older] = None
-                if not (mode == UNSYNCED and older == "rgb"):  # an unsynced RGB frame was segmented alone
-                    self.drops["unpaired"] += 1
-        elif mode == RGB_ONLY:
-            if rgb is not None:
-                self._set_ready(Job(RGB_ONLY, rgb, None))
-                self.pending["rgb"] = None
-        elif mode == DEPTH_ONLY:
-            if depth is not None:
-                self._set_ready(Job(DEPTH_ONLY, None, depth))
-                self.pending["depth"] = None
+                older = {"rgb": sum(f.stamp < rgb.stamp for f in self.pending["rgb"]),
+                         "depth": sum(f.stamp < depth.stamp for f in self.pending["depth"])}
+                self._drop_through("rgb", rgb.stamp)
+                self._drop_through("depth", depth.stamp)
+                # older frames of both streams lost to a newer pair (unsynced RGB frames were jobs already)
+                self.drops["superseded"] += older["depth"] + (older["rgb"] if mode == RGBD else 0)
+            self._drop_unpairable(mode)
+        elif mode in (RGB_ONLY, DEPTH_ONLY):
+            live = "rgb" if mode == RGB_ONLY else "depth"
+            held = self.pending[live]
+            if held:
+                frame = held.pop()
+                self.drops["superseded"] += len(held)  # older frames of the live stream: only the newest runs
+                held.clear()
+                self._set_ready(Job(mode, frame if live == "rgb" else None, frame if live == "depth" else None))
         elif mode != NO_INPUT:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+
+    def _drop_unpairable(self, mode: str) -> None:
+        """Drop frames that can never pair: the other stream already holds a frame stamped later than
+        theirs + ``slop`` (stamps only grow, and no held frame is within ``slop``: that would have paired)."""
+        rgbs, depths = self.pending["rgb"], self.pending["depth"]
+        if not rgbs or not depths:
+            return
+        newest_rgb, newest_depth = rgbs[-1], depths[-1]
+        offset = (newest_rgb.stamp - newest_rgb.received) - (newest_depth.stamp - newest_depth.received)
+        for modality, other in (("rgb", newest_depth), ("depth", newest_rgb)):
+            held = self.pending[modality]
+            while held and held[0].stamp < other.stamp - self.slop - EPS:
+                held.popleft()
+                self.offsets.append(offset)
+                if not (mode == UNSYNCED and modality == "rgb"):  # an unsynced RGB frame was segmented alone
+                    self.drops["unpaired"] += 1

@@ -48,7 +48,10 @@ def launch_env(ros2_cli, ros_domain):
 
 
 def _launch(ros2_cli: str, env: dict, tmp: Path, *args: str, name: str = "launch") -> Child:
-    return Child([ros2_cli, "launch", str(LAUNCH), *args], env=env, log_path=tmp / f"{name}.log", name=name)
+    # -X faulthandler (ros2 launch only, not inherited by the node): a launch that hangs is sent
+    # SIGABRT and prints every thread's stack into its log, so the failure says where it hung.
+    return Child([sys.executable, "-X", "faulthandler", ros2_cli, "launch", str(LAUNCH), *args], env=env,
+                 log_path=tmp / f"{name}.log", name=name)
 
 
 def _run(ros2_cli, env, tmp, *args, timeout=120.0) -> tuple[int | None, str]:
@@ -197,6 +200,9 @@ def _interrupt_and_check(child: Child, first: int, gap_s: float, *, expected: in
     time.sleep(gap_s)
     os.killpg(pgid, signal.SIGINT)
     rc = child.wait(60)
+    if rc is None:  # hung: dump its threads (-X faulthandler) so the failure says where
+        os.kill(child.pid, signal.SIGABRT)
+        child.wait(10)
     out = child.output()
     child.stop(5)
     assert rc == expected, out
