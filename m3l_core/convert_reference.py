@@ -26,7 +26,9 @@ import hashlib
 import json
 import logging
 import pickle
+import struct
 import sys
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -158,7 +160,8 @@ def read_reference(path: str | Path, *, branch: str | None = None) -> dict[str, 
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
         raise ConversionError(f"{path}: file not found") from e
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError, struct.error,
+            zipfile.BadZipFile, IndexError, KeyError) as e:  # truncated or foreign files fail in many ways
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConversionError(f"{path}: refused: not a plain tensor checkpoint that torch.load(weights_only=True) "
                               f"can read safely ({first})") from e
@@ -265,32 +268,29 @@ def main(args: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ns = parser.parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from m3l_core.cli.common import run_guarded
     from m3l_core.train.config import ConfigError, load_config
 
-    try:
-        cfg = load_config(ns.config, ns.set)
-        num_classes = cfg.model.num_classes
-        if num_classes < 1:
-            raise ValueError(f"{ns.config}: set model.num_classes (the reference model's class count)")
-        model_cfg = cfg.model.build(num_classes)
-        names = _class_names(ns.class_names, cfg, num_classes)
-        palette = _palette(ns.palette)
-    except (ConfigError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not Path(ns.reference).is_file():
-        print(f"error: {ns.reference}: file not found", file=sys.stderr)
-        return 2
-    try:
+    def body() -> int:
+        try:  # every error up to here is in the arguments (exit 2); converting can fail on the file (exit 1)
+            cfg = load_config(ns.config, ns.set)
+            num_classes = cfg.model.num_classes
+            if num_classes < 1:
+                raise ValueError(f"{ns.config}: set model.num_classes (the reference model's class count)")
+            model_cfg = cfg.model.build(num_classes)
+            names = _class_names(ns.class_names, cfg, num_classes)
+            palette = _palette(ns.palette)
+        except (ValueError, OSError) as e:
+            raise ConfigError(str(e)) from e
+        if not Path(ns.reference).is_file():
+            raise ConfigError(f"{ns.reference}: file not found")
         convert_file(ns.reference, ns.out, config=model_cfg, preprocessing=cfg.preprocessing(), class_names=names,
                      palette=palette, branch=ns.branch, extra={"config": str(ns.config)})
-    except KeyboardInterrupt:
-        return 130
-    except (ConversionError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    log.info("wrote %s (%s, %d classes, reference settings)", ns.out, model_cfg.backbone, num_classes)
-    return 0
+        log.info("wrote %s (%s, %d classes, reference settings)", ns.out, model_cfg.backbone, num_classes)
+        return 0
+
+    # ConfigError is a ValueError: usage is checked first, and converting raises none.
+    return run_guarded(body, usage=(ConfigError,), failure=(ConversionError, ValueError, OSError), interrupted=None)
 
 
 if __name__ == "__main__":

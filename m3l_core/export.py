@@ -31,6 +31,7 @@ import torch
 
 from m3l_core.backends import ENGINE_SUFFIXES, INPUT_NAMES, META_KEY, OUTPUT_NAME, artifact_kind
 from m3l_core.checkpoint import Checkpoint, CheckpointError, atomic_write_bytes, load_checkpoint
+from m3l_core.cli.common import run_guarded
 
 log = logging.getLogger(__name__)
 
@@ -270,19 +271,18 @@ def main(args: list[str] | None = None) -> int:
         return 2
     out = Path(ns.out) if ns.out else Path(ns.checkpoint).with_suffix(SUFFIX[ns.format])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+
+    def body() -> int:
         ckpt = load_checkpoint(ns.checkpoint)
         t0 = time.perf_counter()
         export(ckpt, ns.format, out, precision)
-    except KeyboardInterrupt:
-        return 130
-    except (CheckpointError, ExportError, ImportError, OSError, RuntimeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    h, w = ckpt.preprocessing.input_size
-    print(f"wrote {out} ({ns.format}, {precision}, input {h}x{w}, {len(ckpt.class_names)} classes) "
-          f"in {time.perf_counter() - t0:.1f} s")
-    return 0
+        h, w = ckpt.preprocessing.input_size
+        print(f"wrote {out} ({ns.format}, {precision}, input {h}x{w}, {len(ckpt.class_names)} classes) "
+              f"in {time.perf_counter() - t0:.1f} s")
+        return 0
+
+    return run_guarded(body, failure=(CheckpointError, ExportError, ImportError, OSError, RuntimeError, ValueError),
+                       interrupted=None)
 
 
 if __name__ == "__main__":

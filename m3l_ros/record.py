@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from m3l_core.cli.common import run_guarded
 from m3l_ros.bag_camera_info import load_calibration
 from m3l_ros.bag_io import STORAGES, BagSummary, BagTopics, BagWriterConfig, write_frames
 
@@ -172,19 +173,18 @@ def main(args: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or an argparse usage error (2)
         return int(e.code or 0)
     logging.basicConfig(level=logging.INFO, format="[record] %(message)s")
-    try:
+
+    def body() -> int:
         summary = record(ns)
-    except KeyboardInterrupt:
-        print("interrupted; the partial bag was removed", file=sys.stderr)
-        return 130
-    except (ValueError, OSError) as err:  # UsageError: 2; bad data (DatasetError, CameraInfoError, frames): 1
-        print(f"error: {err}", file=sys.stderr)
-        return 2 if isinstance(err, UsageError) else 1
-    span = (summary.end_ns - summary.start_ns) * 1e-9
-    print(f"wrote {summary.frames} frames ({span:.2f} s) to {summary.path} [{summary.storage}]")
-    for topic, n in summary.counts.items():
-        print(f"  {topic}: {n}")
-    return 0
+        span = (summary.end_ns - summary.start_ns) * 1e-9
+        print(f"wrote {summary.frames} frames ({span:.2f} s) to {summary.path} [{summary.storage}]")
+        for topic, n in summary.counts.items():
+            print(f"  {topic}: {n}")
+        return 0
+
+    # UsageError (a ValueError, checked first): 2; bad data (DatasetError, CameraInfoError, frames): 1
+    return run_guarded(body, usage=(UsageError,), failure=(ValueError, OSError),
+                       interrupted="interrupted; the partial bag was removed")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from m3l_core.cli.common import run_guarded
 from m3l_ros.replay_analysis import (  # noqa: F401 - the analysis API, re-exported for scripts
     DEFAULT_DEPTH_TOPIC, DEFAULT_RGB_TOPIC, FrameMatcher, FrameRecord, Match, build_report, frame_confusion,
     frame_miou, mode_at, switch_latencies)
@@ -335,14 +336,17 @@ def main(args: list[str] | None = None) -> int:
             log.warning("the replay did not report 'finished' (stopped after %s)",
                         "a signal" if stop.is_set() else f"--duration {ns.duration} s")
         report = ev.report()
-    try:
-        paths = write_report(report, ev.events, ns.out)
-    except OSError as err:
-        print(f"error: cannot write the report to {ns.out}: {err}", file=sys.stderr)
-        return 1
-    print(format_summary(report), flush=True)
-    print(f"\nwrote {', '.join(str(p) for p in paths.values())}", flush=True)
-    return 130 if stop.is_set() and ev.finished_at is None else 0
+
+    def body() -> int:
+        try:
+            paths = write_report(report, ev.events, ns.out)
+        except OSError as err:
+            raise OSError(f"cannot write the report to {ns.out}: {err}") from err
+        print(format_summary(report), flush=True)
+        print(f"\nwrote {', '.join(str(p) for p in paths.values())}", flush=True)
+        return 130 if stop.is_set() and ev.finished_at is None else 0
+
+    return run_guarded(body, failure=(OSError,))
 
 
 if __name__ == "__main__":

@@ -204,6 +204,20 @@ def test_pickle_with_code_is_refused_without_running_it(tmp_path):
     assert not (tmp_path / "o.safetensors").exists()
 
 
+def test_truncated_and_foreign_files_are_refused_with_the_file_named(tmp_path):
+    good = tmp_path / "good.pth"
+    torch.save({"model": to_reference_state(random_model(0))}, good)
+    data = good.read_bytes()
+    cases = {"three_bytes.pth": b"abc", "half.pth": data[: len(data) // 2], "text.pth": b"not a checkpoint\n" * 20}
+    for name, blob in cases.items():
+        path = tmp_path / name
+        path.write_bytes(blob)
+        with pytest.raises(ConversionError, match=f"{name}: refused"):
+            read_reference(path)
+        assert main([str(path), "--config", str(_config(tmp_path)), "--out", str(tmp_path / "o.safetensors"),
+                     "--class-names", ",".join(NAMES)]) == 1
+
+
 def test_foreign_layouts_are_refused_with_the_key_named(tmp_path):
     model = random_model(0)
     ref = to_reference_state(model)

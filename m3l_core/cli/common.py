@@ -38,14 +38,14 @@ def setup_logging(*, is_main: bool, fmt: str = "%(asctime)s %(levelname)s %(name
 
 
 def run_guarded(body: Callable[[], int], *, failure: tuple[type[BaseException], ...],
-                usage: tuple[type[BaseException], ...] = ()) -> int:
+                usage: tuple[type[BaseException], ...] = (), interrupted: str | None = "interrupted") -> int:
     """Run a CLI body: ``usage`` errors exit 2, ``failure`` errors 1 (one ``error:`` line), Ctrl-C 130.
 
     The messages of those errors already name the file or the argument; the traceback goes to
-    the debug log only. The process group of a torchrun launch is always shut down.
+    the debug log only. ``interrupted`` is the line Ctrl-C prints (``None``: none). The process
+    group of a torchrun launch is always shut down (torch is not imported for it: the CLIs
+    without torch stay without).
     """
-    from m3l_core import distributed as dist_utils
-
     try:
         return body()
     except usage as e:
@@ -56,7 +56,11 @@ def run_guarded(body: Callable[[], int], *, failure: tuple[type[BaseException], 
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if interrupted is not None:
+            print(interrupted, file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        dist_utils.cleanup()
+        if "torch.distributed" in sys.modules:  # no group can exist without it
+            from m3l_core import distributed as dist_utils
+
+            dist_utils.cleanup()

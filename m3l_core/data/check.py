@@ -23,6 +23,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from m3l_core.cli.common import run_guarded
 from m3l_core.data.folder import DatasetError, FolderDataset, check_label_values, read_depth, read_label
 from m3l_core.preprocess import depth_units_warning
 
@@ -240,7 +241,8 @@ def main(args: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec = DatasetSpec(root=ns.root, format=ns.format, semantic_labels=ns.semantic_labels,
                        depth_bitshift=not ns.no_depth_bitshift)
-    try:
+
+    def body() -> int:
         if not Path(ns.root).is_dir():
             raise DatasetError(f"{ns.root}: dataset directory not found")
         splits = ns.split or available_splits(spec)
@@ -255,17 +257,14 @@ def main(args: Sequence[str] | None = None) -> int:
                     print(f"{split}: {err}")
             frames += len(ds)
             print(f"{split}: {len(ds)} frame(s) checked")
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    if problems:
-        more = f" (first {ns.max_errors} shown)" if problems > ns.max_errors else ""
-        print(f"{problems} problem(s) in {frames} frame(s){more}", file=sys.stderr)
-        return 1
-    print(f"ok: {frames} frame(s) in {len(splits)} split(s)")
-    return 0
+        if problems:
+            more = f" (first {ns.max_errors} shown)" if problems > ns.max_errors else ""
+            print(f"{problems} problem(s) in {frames} frame(s){more}", file=sys.stderr)
+            return 1
+        print(f"ok: {frames} frame(s) in {len(splits)} split(s)")
+        return 0
+
+    return run_guarded(body, failure=(DatasetError,), interrupted=None)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from m3l_core.cli.common import run_guarded
 
 from .config import CLASS_NAMES, IGNORE_INDEX, PALETTE, SceneConfig
 from .frames import check_size, render_frame
@@ -100,17 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    start = time.perf_counter()
-    try:
-        write_folder_dataset(args.out, counts=counts, height=args.height, width=args.width, seed=args.seed,
-                             progress=not args.no_progress)
-    except OSError as e:
-        print(f"error: cannot write {args.out}: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    summary = ", ".join(f"{k}={v}" for k, v in counts.items())
-    print(f"wrote {sum(counts.values())} frames ({summary}) at {args.height}x{args.width} "
-          f"to {args.out} in {time.perf_counter() - start:.1f} s")
-    return 0
+
+    def body() -> int:
+        start = time.perf_counter()
+        try:
+            write_folder_dataset(args.out, counts=counts, height=args.height, width=args.width, seed=args.seed,
+                                 progress=not args.no_progress)
+        except OSError as e:
+            raise OSError(f"cannot write {args.out}: {e}") from e
+        summary = ", ".join(f"{k}={v}" for k, v in counts.items())
+        print(f"wrote {sum(counts.values())} frames ({summary}) at {args.height}x{args.width} "
+              f"to {args.out} in {time.perf_counter() - start:.1f} s")
+        return 0
+
+    return run_guarded(body, failure=(OSError,))
