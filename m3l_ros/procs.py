@@ -258,6 +258,28 @@ class GraphProbe:
                                  f"{what or 'a condition'}")
         return pred()
 
+    def call(self, client: Any, request: Any, *, timeout: float = 120.0, resend_after: float | None = 15.0) -> Any:
+        """Call ``client`` (a client on this probe's node) and return the response.
+
+        Right after a client and a service discover each other, DDS can lose the request or the
+        response (one side has not matched the other's reader yet; more likely on a loaded machine),
+        and rclpy then waits for ever. Without an answer for ``resend_after`` s the request is sent
+        again: only for requests that are safe to repeat (None: never resend). TimeoutError after
+        ``timeout`` s in all.
+        """
+        name = client.srv_name
+        end = time.monotonic() + timeout
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"{name} not available within {timeout:g} s")
+        while True:
+            future = client.call_async(request)
+            left = end - time.monotonic()
+            if self.spin_until(future.done, max(0.0, left if resend_after is None else min(resend_after, left))):
+                return future.result()
+            client.remove_pending_request(future)
+            if time.monotonic() >= end:
+                raise TimeoutError(f"{name} did not answer within {timeout:g} s")
+
     def wait_for_topic(self, topic: str, *, publishers: int = 0, subscribers: int = 0, timeout: float,
                        children: Sequence[Child] = ()) -> bool:
         """Until ``topic`` has at least that many publishers and subscribers on the graph."""
