@@ -3,7 +3,7 @@
 One node process (default parameters: the bundled demo model, ``qos_reliability: auto``), Fast
 DDS's defaults, no middleware profile variable in the node's or the test's environment. A
 RealSense-like camera process (test/node_camera.py) publishes 640x480 rgb8 + 16UC1 at 15 Hz for
-32 s, once RELIABLE (the RealSense default) and once BEST_EFFORT. The node must receive >= 90 %
+32 s, once RELIABLE (the RealSense default) and once BEST_EFFORT. The node must receive >= 95 %
 of each stream's frames (its ``received.<modality>`` diagnostics counters) and report exactly
 one mode, ``rgbd``, while the camera runs; when the camera stops (both streams together) the
 mode goes straight to ``no_input``.
@@ -114,11 +114,7 @@ def test_default_node_at_camera_resolution_reliable_and_best_effort(tmp_path):
         for reliability, (sent, got, changes, after) in results.items():
             for m in ("rgb", "depth"):
                 assert sent[m] >= 0.9 * SECONDS * RATE * 0.5  # the camera really ran
-                # >= 90 %: a starved node's input queue (qos_depth 5, newest frames kept) drops frames by
-                # design; measured 92.1 % of RGB at load average 6.8 (this test beside the launch tests
-                # and 2 busy loops), 100 % when less loaded. Best-effort without the camera-side
-                # profile delivers 15-30 % of depth and still fails here.
-                assert got[m] >= 0.90 * sent[m], (reliability, m, got, sent)
+                assert got[m] >= 0.95 * sent[m], (reliability, m, got, sent)
                 assert got[m] <= sent[m]
             # exactly one mode while the camera ran: no_input (idle) -> rgbd -> no_input (stopped)
             assert changes in (["no_input", "rgbd", "no_input"], ["rgbd", "no_input"]), (reliability, changes)
