@@ -178,6 +178,45 @@ class Child:
         return rc
 
 
+class LifecycleClient:
+    """get_state / change_state of one managed node, through a :class:`GraphProbe`.
+
+    An unanswered get_state is sent again (:meth:`GraphProbe.call`); an unanswered change_state is
+    checked against get_state (it may have run with its answer lost) before it is sent again.
+    """
+
+    TRANSITIONAL = ("configuring", "cleaningup", "shuttingdown", "activating", "deactivating", "errorprocessing")
+
+    def __init__(self, probe: "GraphProbe", node: str) -> None:
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        self.probe, self.node = probe, node
+        self.get = probe.node.create_client(GetState, f"{node}/get_state")
+        self.change = probe.node.create_client(ChangeState, f"{node}/change_state")
+
+    def state(self) -> str:
+        """The node's state label (``unconfigured``, ``inactive``, ``active``, ...)."""
+        from lifecycle_msgs.srv import GetState
+
+        return self.probe.call(self.get, GetState.Request()).current_state.label
+
+    def transition(self, transition_id: int, *, timeout: float = 60.0) -> bool:
+        """Request a transition; whether it succeeded."""
+        from lifecycle_msgs.srv import ChangeState
+
+        request = ChangeState.Request()
+        request.transition.id = transition_id
+        before = self.state()
+        for _ in range(3):
+            try:
+                return self.probe.call(self.change, request, timeout=timeout, resend_after=None).success
+            except TimeoutError:
+                self.probe.spin_until(lambda: self.state() not in self.TRANSITIONAL, timeout)
+                if self.state() != before:
+                    return True
+        raise TimeoutError(f"{self.node}/change_state did not answer")
+
+
 def python_child(module: str, *args: str, env: dict[str, str], log_path: Path, name: str | None = None,
                  **kwargs: Any) -> Child:
     """``python -m module args...`` with this interpreter."""

@@ -215,11 +215,9 @@ def test_shutdown_signals_under_launch(ros2_cli, launch_env, tmp_path, tiny_chec
     child, probe, labels = _probe_run(ros2_cli, launch_env, tmp_path, tiny_checkpoint, ns, *extra)
     try:
         if managed:  # labels came without any manual transition: configured and activated by the launch
-            from lifecycle_msgs.msg import State
-            from lifecycle_msgs.srv import GetState
+            from m3l_ros.procs import LifecycleClient
 
-            state = _lifecycle_call(probe, f"{ns}/segment_node", "get_state", GetState.Request()).current_state
-            assert state.id == State.PRIMARY_STATE_ACTIVE and len(labels) >= 3
+            assert LifecycleClient(probe, f"{ns}/segment_node").state() == "active" and len(labels) >= 3
             assert "[segment_lifecycle_node-1]: process started" in child.output()
     except BaseException:
         child.stop(20)
@@ -256,38 +254,15 @@ def _lifecycle_available() -> bool:
     return hasattr(importlib.import_module("m3l_ros.segment_node"), "main_lifecycle")
 
 
-def _lifecycle_call(probe, node: str, srv_name: str, request):
-    """get_state is resent when unanswered (see GraphProbe.call); a change_state that gets no answer is
-    checked against get_state (it may have run with its answer lost) before it is sent again."""
-    from lifecycle_msgs.srv import ChangeState, GetState
-
-    if srv_name == "get_state":
-        return probe.call(probe.node.create_client(GetState, f"{node}/get_state"), request)
-    before = _lifecycle_call(probe, node, "get_state", GetState.Request()).current_state.id
-    client = probe.node.create_client(ChangeState, f"{node}/change_state")
-    def state() -> int:
-        return _lifecycle_call(probe, node, "get_state", GetState.Request()).current_state.id
-
-    for _ in range(3):
-        try:
-            return probe.call(client, request, timeout=60, resend_after=None)
-        except TimeoutError:
-            probe.spin_until(lambda: state() < 10, 60)  # ids 10-15: a transition is still running
-            if state() != before:
-                return ChangeState.Response(success=True)
-    raise AssertionError(f"{node}/change_state did not answer")
-
-
 @pytest.mark.timeout(300)
 def test_lifecycle_autostart_false_waits_for_transitions(ros2_cli, launch_env, tmp_path, tiny_checkpoint):
     if not _lifecycle_available():
         pytest.skip("m3l_ros.segment_node has no main_lifecycle yet (segment_lifecycle_node)")
-    from lifecycle_msgs.msg import State, Transition
-    from lifecycle_msgs.srv import ChangeState, GetState
+    from lifecycle_msgs.msg import Transition
     from sensor_msgs.msg import Image
 
     from m3l_ros.messages import image_msg
-    from m3l_ros.procs import GraphProbe
+    from m3l_ros.procs import GraphProbe, LifecycleClient
 
     ns = f"/m3l_launch_lc_{os.getpid()}"
     node = f"{ns}/segment_node"
@@ -305,13 +280,12 @@ def test_lifecycle_autostart_false_waits_for_transitions(ros2_cli, launch_env, t
             pubs[0].publish(image_msg(rgb, "rgb8", stamp=stamp))
             pubs[1].publish(image_msg(depth, "16UC1", stamp=stamp))
 
-        state = _lifecycle_call(probe, node, "get_state", GetState.Request()).current_state
-        assert state.id == State.PRIMARY_STATE_UNCONFIGURED, state.label
+        lifecycle = LifecycleClient(probe, node)
+        assert lifecycle.state() == "unconfigured"
         probe.spin_until(lambda: False, 1.0, tick=tick, period=0.1)
         assert labels == []  # unconfigured: no model, no output
         for t in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
-            assert _lifecycle_call(probe, node, "change_state", ChangeState.Request(
-                transition=Transition(id=t))).success
+            assert lifecycle.transition(t)
         assert probe.spin_until(lambda: len(labels) >= 3, 60, tick=tick, period=0.1, children=[child]), child.output()
     finally:
         probe.close()

@@ -31,41 +31,6 @@ def _start(tiny_checkpoint, tmp_path, env, *extra, ns: str = NS):
                  new_session=False)
 
 
-class Lifecycle:
-    """A client of the node's lifecycle services."""
-
-    def __init__(self, h: Harness) -> None:
-        from lifecycle_msgs.srv import ChangeState, GetState
-
-        self.h = h
-        self.change = h.node.create_client(ChangeState, f"{FQN}/change_state")
-        self.get = h.node.create_client(GetState, f"{FQN}/get_state")
-
-    def state(self) -> str:
-        from lifecycle_msgs.srv import GetState
-
-        return self.h.call(self.get, GetState.Request()).current_state.label  # resent when unanswered
-
-    def transition(self, transition_id: int) -> bool:
-        """A change_state that gets no answer is checked against get_state (it may have run with its
-        answer lost, see GraphProbe.call) before it is sent again."""
-        from lifecycle_msgs.srv import ChangeState
-
-        req = ChangeState.Request()
-        req.transition.id = transition_id
-        before = self.state()
-        for _ in range(3):
-            try:
-                return self.h.call(self.change, req, timeout=60, resend_after=None).success
-            except TimeoutError:
-                transitional = ("configuring", "cleaningup", "shuttingdown", "activating", "deactivating",
-                                "errorprocessing")
-                self.h.spin_until(lambda: self.state() not in transitional, 60)
-                if self.state() != before:
-                    return True
-        raise AssertionError(f"{self.change.srv_name} did not answer")
-
-
 def _frames(h: Harness, n: int, rgb: np.ndarray, depth: np.ndarray) -> None:
     """Publish n RGB-D frames at 20 Hz."""
     for _ in range(n):
@@ -80,7 +45,7 @@ def test_lifecycle_transitions_through_the_services(tiny_checkpoint, tmp_path):
     pytest.importorskip("rclpy")
     from lifecycle_msgs.msg import Transition
 
-    from m3l_ros.procs import pick_domain_id, ros_env
+    from m3l_ros.procs import LifecycleClient, pick_domain_id, ros_env
 
     domain = pick_domain_id()
     proc = _start(tiny_checkpoint, tmp_path, ros_env(domain))
@@ -89,7 +54,7 @@ def test_lifecycle_transitions_through_the_services(tiny_checkpoint, tmp_path):
     h = None
     try:
         h = Harness(domain, NS, NAME, f"{NS}/rgb/image", f"{NS}/depth/image", f"{NS}/rgb/camera_info")
-        lc = Lifecycle(h)
+        lc = LifecycleClient(h, FQN)
         assert lc.state() == "unconfigured"
         assert "loading the model" not in proc.output()  # nothing loaded before configure
         assert h.node.count_publishers(f"{FQN}/labels") == 0
