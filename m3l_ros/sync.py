@@ -39,7 +39,7 @@ from typing import Any
 from m3l_core.vocab import DEPTH_ONLY, MODALITIES, MODES, NO_INPUT, RGB_ONLY, RGBD, UNSYNCED
 
 EPS = 1e-9  # ROS stamps have nanosecond resolution; absorbs float rounding at the boundaries
-HISTORY = 10  # unpaired frames held per modality (message_filters' usual queue size): a lag of 10 frames
+HISTORY = 10  # unpaired frames held per modality (message_filters' usual queue size): pairs across a 10-frame lag
 
 
 @dataclass(frozen=True)
@@ -220,11 +220,14 @@ class ApproxTimePairer:
                 return rgb, best
         return None
 
-    def _drop_through(self, modality: str, stamp: float) -> None:
-        """Remove held ``modality`` frames stamped at or before ``stamp`` (the paired one included)."""
-        held = self.pending[modality]
+    def _drop_through(self, modality: str, stamp: float) -> int:
+        """Remove held ``modality`` frames stamped at or before the paired one's ``stamp``; how many
+        of them were older than it."""
+        held, removed = self.pending[modality], 0
         while held and held[0].stamp <= stamp:
             held.popleft()
+            removed += 1
+        return removed - 1
 
     def _match(self, mode: str) -> None:
         if mode in (RGBD, UNSYNCED):
@@ -238,12 +241,9 @@ class ApproxTimePairer:
                 elif job is not None and job.rgb is rgb:  # unsynced: the lone RGB job gets its partner
                     self.ready = Job(RGBD, rgb, depth)
                 # else that RGB frame was already segmented alone; the pair only ends ``unsynced``
-                older = {"rgb": sum(f.stamp < rgb.stamp for f in self.pending["rgb"]),
-                         "depth": sum(f.stamp < depth.stamp for f in self.pending["depth"])}
-                self._drop_through("rgb", rgb.stamp)
-                self._drop_through("depth", depth.stamp)
+                older_rgb, older_depth = self._drop_through("rgb", rgb.stamp), self._drop_through("depth", depth.stamp)
                 # older frames of both streams lost to a newer pair (unsynced RGB frames were jobs already)
-                self.drops["superseded"] += older["depth"] + (older["rgb"] if mode == RGBD else 0)
+                self.drops["superseded"] += older_depth + (older_rgb if mode == RGBD else 0)
             self._drop_unpairable(mode)
         elif mode in (RGB_ONLY, DEPTH_ONLY):
             live = "rgb" if mode == RGB_ONLY else "depth"
