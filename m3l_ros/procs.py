@@ -27,6 +27,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 # Variables a child must not inherit: ROS_PYTHON_CHECK_FIELDS slows large messages ~100x.
 _DROP_VARS = ("ROS_PYTHON_CHECK_FIELDS",)
+# Fast DDS profile variables: a process measured "on Fast DDS's defaults" must carry none of them
+FASTDDS_PROFILE_VARS = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE",
+                        "RMW_FASTRTPS_USE_QOS_FROM_XML", "FASTDDS_BUILTIN_TRANSPORTS")
 
 
 def package_root() -> Path:
@@ -296,6 +299,46 @@ class GraphProbe:
                     raise c.fail(f"{c.name} exited with code {c.returncode} while waiting for "
                                  f"{what or 'a condition'}")
         return pred()
+
+    def latest_diagnostics(self, node: str, key: str = "diagnostics") -> dict[str, str] | None:
+        """The newest /diagnostics status of ``node`` (fully qualified name) among ``records[key]``:
+        its key/value pairs plus ``_level`` and ``_message``; None before the first one."""
+        for rec in reversed(self.records.get(key, [])):
+            for st in rec.msg.status:
+                if st.name.startswith(node):
+                    return {"_level": st.level, "_message": st.message, **{kv.key: kv.value for kv in st.values}}
+        return None
+
+    def settled_diagnostics(self, node: str, counters: Sequence[str], *, timeout: float = 30.0,
+                            children: Sequence[Child] = ()) -> dict[str, str] | None:
+        """``node``'s diagnostics once ``counters`` stopped moving (three messages in a row agree)."""
+        seen: list[tuple[str, ...]] = []
+
+        def settled() -> bool:
+            d = self.latest_diagnostics(node)
+            if d is not None:
+                seen.append(tuple(d[c] for c in counters))
+            return len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]
+
+        self.spin_until(settled, timeout, period=1.0, tick=lambda: None, children=children,
+                        what="settled diagnostics")
+        return self.latest_diagnostics(node)
+
+    def get_parameters(self, node: str, names: Sequence[str], *, timeout: float = 60.0) -> dict[str, Any]:
+        """``node``'s values of ``names`` (its get_parameters service, resent when unanswered)."""
+        from rcl_interfaces.srv import GetParameters
+        from rclpy.parameter import parameter_value_to_python
+
+        client = self.node.create_client(GetParameters, f"{node}/get_parameters")
+        values = self.call(client, GetParameters.Request(names=list(names)), timeout=timeout, resend_after=10).values
+        return {n: parameter_value_to_python(v) for n, v in zip(names, values)}
+
+    def list_parameters(self, node: str, *, timeout: float = 60.0) -> list[str]:
+        """The names of ``node``'s parameters."""
+        from rcl_interfaces.srv import ListParameters
+
+        client = self.node.create_client(ListParameters, f"{node}/list_parameters")
+        return list(self.call(client, ListParameters.Request(), timeout=timeout, resend_after=10).result.names)
 
     def call(self, client: Any, request: Any, *, timeout: float = 120.0, resend_after: float | None = 15.0) -> Any:
         """Call ``client`` (a client on this probe's node) and return the response.

@@ -35,8 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 NS = "/m3l_cam"
 FQN = f"{NS}/segment_node"
 PROFILE = REPO / "config" / "fastdds_large_images.xml"
-PROFILE_VARS = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE", "RMW_FASTRTPS_USE_QOS_FROM_XML",
-                "FASTDDS_BUILTIN_TRANSPORTS")
 CASES = {  # name: (camera reliability, profile on the camera's side, table label)
     "reliable": ("reliable", False, "RELIABLE (RealSense default), no profile anywhere"),
     "best_effort": ("best_effort", False, "BEST_EFFORT, no profile anywhere"),
@@ -46,43 +44,19 @@ TIMING = ("rgb_timeout", "depth_timeout", "loss_grace")
 LOG_MODE_RE = re.compile(r"^\[\w+\] \[(\d+\.\d+)\] \[[^\]]*\]: mode -> (\w+)")
 
 
-def _diag(probe) -> dict[str, str] | None:
-    for rec in reversed(probe.records["diagnostics"]):
-        for st in rec.msg.status:
-            if st.name.startswith(FQN):
-                return {kv.key: kv.value for kv in st.values}
-    return None
-
-
 def _settled_diag(probe, node) -> dict[str, str]:
-    """Diagnostics once the received counters stopped moving (three messages in a row agree)."""
-    seen: list[tuple[str, str]] = []
-
-    def settled() -> bool:
-        d = _diag(probe)
-        if d is not None:
-            seen.append((d["received.rgb"], d["received.depth"]))
-        return len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]
-
-    probe.spin_until(settled, 30, period=1.0, tick=lambda: None, children=[node], what="settled diagnostics")
-    d = _diag(probe)
+    d = probe.settled_diagnostics(FQN, ("received.rgb", "received.depth"), children=[node])
     if d is None:
         raise node.fail("the node published no /diagnostics")
     return d
 
 
-def _node_params(probe, node, names: tuple[str, ...]) -> dict:
-    """The running node's values of ``names`` (its get_parameters service); {} if it does not answer."""
-    from rcl_interfaces.srv import GetParameters
-    from rclpy.parameter import parameter_value_to_python
-
-    cli = probe.node.create_client(GetParameters, f"{FQN}/get_parameters")
-    if not probe.spin_until(cli.service_is_ready, 30, children=[node], what="the parameter service"):
+def _node_params(probe, names: tuple[str, ...]) -> dict:
+    """The running node's values of ``names``; {} if it does not answer."""
+    try:
+        return probe.get_parameters(FQN, names)
+    except TimeoutError:
         return {}
-    fut = cli.call_async(GetParameters.Request(names=list(names)))
-    if not probe.spin_until(fut.done, 30, children=[node], what="the parameters") or fut.result() is None:
-        return {}
-    return dict(zip(names, (parameter_value_to_python(v) for v in fut.result().values)))
 
 
 def run_case(name: str, args, probe, node, env: dict[str, str], modes: list, logdir: Path) -> dict:
@@ -179,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error("need --load >= 0, --seconds > 0, --rate > 0 and 0 < --stop-depth-after < --seconds")
     except SystemExit as e:
         return int(e.code or 0)
-    for var in PROFILE_VARS:  # this process's probe carries no profile either
+    from m3l_ros.procs import FASTDDS_PROFILE_VARS
+
+    for var in FASTDDS_PROFILE_VARS:  # this process's probe carries no profile either
         os.environ.pop(var, None)
     from diagnostic_msgs.msg import DiagnosticArray
     from std_msgs.msg import String
@@ -193,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     logdir.mkdir(parents=True, exist_ok=True)
     domain = pick_domain_id()
     env = ros_env(domain)
-    for var in PROFILE_VARS:
+    for var in FASTDDS_PROFILE_VARS:
         env.pop(var, None)
     loads: list = []
     node = probe = None
@@ -211,10 +187,10 @@ def main(argv: list[str] | None = None) -> int:
                         callback=lambda m: modes.append((time.time(), m.data)))
         probe.subscribe("class_names", String, f"{FQN}/class_names", latched_qos())
         probe.subscribe("diagnostics", DiagnosticArray, "/diagnostics", 10)
-        if not probe.spin_until(lambda: probe.records["class_names"] and _diag(probe) and modes, 180,
+        if not probe.spin_until(lambda: probe.records["class_names"] and probe.latest_diagnostics(FQN) and modes, 180,
                                 children=[node], what="the node to come up"):
             raise node.fail("the node did not come up in 180 s")
-        actual = _node_params(probe, node, TIMING)
+        actual = _node_params(probe, TIMING)
         print(f"domain {domain}, load {args.load}, node parameters {actual or '(no answer)'}, logs in {logdir}",
               file=sys.stderr)
         for name in cases:

@@ -93,9 +93,5 @@ class Harness(GraphProbe):
     def class_names(self) -> dict | None:
         return json.loads(self.records["class_names"][-1].msg.data) if self.records["class_names"] else None
 
-    def latest_diagnostics(self) -> dict[str, str] | None:
-        for rec in reversed(self.records["diagnostics"]):
-            for st in rec.msg.status:
-                if st.name.startswith(f"{self.namespace}/{self.node_name}"):
-                    return {"_level": st.level, "_message": st.message, **{kv.key: kv.value for kv in st.values}}
-        return None
+    def latest_diagnostics(self, node: str | None = None, key: str = "diagnostics") -> dict[str, str] | None:
+        return super().latest_diagnostics(node or f"{self.namespace}/{self.node_name}", key)

@@ -137,15 +137,7 @@ def _probe_run(ros2_cli, env, tmp, checkpoint, ns, *extra, params_file=None):
 
 
 def _get_parameters(probe, node: str, names: list[str]) -> dict:
-    from rcl_interfaces.srv import GetParameters, ListParameters
-    from rclpy.parameter import parameter_value_to_python
-
-    def call(srv, name, req):
-        return probe.call(probe.node.create_client(srv, f"{node}/{name}"), req, timeout=60, resend_after=10)
-
-    listed = call(ListParameters, "list_parameters", ListParameters.Request()).result.names
-    values = call(GetParameters, "get_parameters", GetParameters.Request(names=names)).values
-    return {"_listed": list(listed), **{n: parameter_value_to_python(v) for n, v in zip(names, values)}}
+    return {"_listed": probe.list_parameters(node), **probe.get_parameters(node, names)}
 
 
 @pytest.mark.timeout(300)

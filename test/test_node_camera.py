@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -34,31 +33,11 @@ from ros_helpers import REPO, NodeProcess
 SECONDS, RATE = 32.0, 15.0
 NS = "/m3l_cam"
 PROFILE = REPO / "config" / "fastdds_large_images.xml"
-PROFILE_VARS = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE", "RMW_FASTRTPS_USE_QOS_FROM_XML",
-                "FASTDDS_BUILTIN_TRANSPORTS")
-
-
-def _diag(probe, fqn: str) -> dict[str, str] | None:
-    for rec in reversed(probe.records["diagnostics"]):
-        for st in rec.msg.status:
-            if st.name.startswith(fqn):
-                return {"_level": st.level, "_message": st.message, **{kv.key: kv.value for kv in st.values}}
-    return None
+COUNTERS = ("received.rgb", "received.depth")
 
 
 def _settled_diag(probe, fqn: str, node) -> dict[str, str]:
-    """Diagnostics once the received counters stopped moving (two messages in a row agree)."""
-    seen: list[tuple[str, str]] = []
-
-    def settled() -> bool:
-        d = _diag(probe, fqn)
-        if d is None:
-            return False
-        seen.append((d["received.rgb"], d["received.depth"]))
-        return len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]
-
-    probe.spin_until(settled, 30, period=1.0, tick=lambda: None, children=[node], what="settled diagnostics")
-    d = _diag(probe, fqn)
+    d = probe.settled_diagnostics(fqn, COUNTERS, children=[node])
     assert d is not None
     return d
 
@@ -69,11 +48,11 @@ def test_default_node_at_camera_resolution_reliable_and_best_effort(tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
     from std_msgs.msg import String
 
-    from m3l_ros.procs import Child, GraphProbe, latched_qos, pick_domain_id, ros_env
+    from m3l_ros.procs import FASTDDS_PROFILE_VARS, Child, GraphProbe, latched_qos, pick_domain_id, ros_env
 
     domain = pick_domain_id()
     env = ros_env(domain)
-    for var in PROFILE_VARS:
+    for var in FASTDDS_PROFILE_VARS:
         env.pop(var, None)
     node = NodeProcess(["-r", f"__ns:={NS}"], env=env, log_path=tmp_path / "node.log")
     probe = None
@@ -83,7 +62,7 @@ def test_default_node_at_camera_resolution_reliable_and_best_effort(tmp_path):
         probe.subscribe("mode", String, f"{fqn}/mode", latched_qos())
         probe.subscribe("class_names", String, f"{fqn}/class_names", latched_qos())
         probe.subscribe("diagnostics", DiagnosticArray, "/diagnostics", 10)
-        assert probe.spin_until(lambda: probe.records["class_names"] and _diag(probe, fqn), 180, children=[node],
+        assert probe.spin_until(lambda: probe.records["class_names"] and probe.latest_diagnostics(fqn), 180, children=[node],
                                 what="the node to come up"), node.tail()
         results = {}
         for reliability in ("best_effort", "reliable"):
@@ -121,7 +100,7 @@ def test_default_node_at_camera_resolution_reliable_and_best_effort(tmp_path):
             assert after["qos.rgb"] == after["qos.depth"] == reliability  # auto matched the publisher
             assert int(after.get("processed.rgbd", 0)) > 0
             assert not any(k.startswith("processed.") and k != "processed.rgbd" for k in after), after
-        assert not any(os.environ.get(v) for v in PROFILE_VARS), "the test process must not carry a profile"
+        assert not any(os.environ.get(v) for v in FASTDDS_PROFILE_VARS), "the test process must not carry a profile"
         out = node.output()
         assert "Traceback" not in out
         assert "subscribing reliable" in out and "subscribing best_effort" in out
